@@ -1,0 +1,3 @@
+"""trunkguard: SIP trunk and link failover agent."""
+
+__version__ = "0.1.0"
