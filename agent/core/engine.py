@@ -1,0 +1,109 @@
+"""The core as one object: target health machines plus route-group policies.
+
+Pure: every method takes the time; nothing here does I/O. The daemon feeds it
+verdicts and operator commands and carries out the returned transitions and
+decisions; `desired()` is what the actuators converge to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agent.core.events import Decision, State, Transition, Verdict
+from agent.core.health import HealthParams, TargetHealth
+from agent.core.policy import GroupPolicy, GroupSpec
+
+
+@dataclass(slots=True)
+class Step:
+    transitions: list[Transition] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.transitions or self.decisions)
+
+
+class Engine:
+    def __init__(self, targets: Mapping[str, HealthParams], groups: list[GroupSpec]) -> None:
+        self.targets: dict[str, TargetHealth] = {}
+        self.groups: dict[str, GroupPolicy] = {}
+        self.reconfigure(targets, groups)
+
+    def reconfigure(self, targets: Mapping[str, HealthParams], groups: list[GroupSpec]) -> None:
+        """Apply new settings, keeping what is known about targets and groups that remain."""
+        old_t, old_g = self.targets, self.groups
+        self.targets = {}
+        for name, params in targets.items():
+            th = old_t.get(name)
+            if th is None:
+                th = TargetHealth(name, params)
+            elif th.params != params:
+                th.reset(params)
+            self.targets[name] = th
+        self.groups = {}
+        for spec in groups:
+            gp = old_g.get(spec.name)
+            paths = {p.name for p in spec.paths}
+            if gp is None:
+                gp = GroupPolicy(spec)
+            else:
+                gp.spec = spec
+                if gp.pinned not in paths:
+                    gp.pinned = None
+                if gp.active not in paths:
+                    gp.active, gp.ready = None, False  # decided afresh on the next evaluation
+                gp.qualified_since = {k: v for k, v in gp.qualified_since.items() if k in paths}
+            self.groups[spec.name] = gp
+
+    def states(self) -> dict[str, State]:
+        return {name: th.state for name, th in self.targets.items()}
+
+    def desired(self) -> dict[str, str]:
+        return {n: g.active for n, g in self.groups.items() if g.ready and g.active is not None}
+
+    def observe(self, v: Verdict) -> Step:
+        th = self.targets.get(v.target)
+        if th is None:  # a late result from a target removed by a reload
+            return Step()
+        t = th.observe(v)
+        # Without a transition no group's inputs changed; timers are tick()'s job.
+        return self._after([t], v.at, v.at) if t else Step()
+
+    def tick(self, now: float) -> Step:
+        """Run pending timers (auto failback after hold)."""
+        return self._after([], now, None)
+
+    def next_wakeup(self) -> float | None:
+        times = [t for g in self.groups.values() if (t := g.next_wakeup()) is not None]
+        return min(times, default=None)
+
+    def set_maintenance(self, target: str, on: bool, now: float) -> Step:
+        th = self.targets.get(target)
+        if th is None:
+            raise KeyError(f"unknown target {target!r}")
+        t = th.set_maintenance(on, now)
+        return self._after([t] if t else [], now, now)
+
+    def failover(self, group: str, path: str, now: float) -> Step:
+        d = self._group(group).pin(path, self.states(), now)
+        return Step([], [d] if d else [])
+
+    def failback(self, group: str, now: float) -> Step:
+        d = self._group(group).release(self.states(), now)
+        return Step([], [d] if d else [])
+
+    def _group(self, name: str) -> GroupPolicy:
+        g = self.groups.get(name)
+        if g is None:
+            raise KeyError(f"unknown route group {name!r}")
+        return g
+
+    def _after(self, ts: list[Transition], now: float, cause_at: float | None) -> Step:
+        step = Step(ts)
+        states = self.states()
+        for g in self.groups.values():
+            d = g.evaluate(states, now, cause_at)
+            if d is not None:
+                step.decisions.append(d)
+        return step

@@ -1,0 +1,158 @@
+"""Route-group policy: which path is active, given target states and time.
+
+Pure: the shell passes the current target states and the time; the policy returns
+a Decision when the active path must change, and says when it next needs to be
+asked (a pending auto-failback).
+
+Rules:
+- A path qualifies when every target it requires is up.
+- Until every target the group depends on has a first verdict, nothing is decided:
+  a restart never flaps routing.
+- The active path is kept while it qualifies. If it stops qualifying, the most
+  preferred qualifying path takes over at once (failover).
+- A more preferred path than the active one takes over only when `failback` is
+  "auto" and it has qualified continuously for `hold` (failback); with "manual"
+  only an operator's `failback` command moves back.
+- When no path qualifies, the last path is kept (there is nothing better to do)
+  and the group is in alarm.
+- An operator may pin a path (`failover GROUP PATH`); the pin holds while that
+  path qualifies and is dropped, with a reason, when it stops qualifying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agent.core.events import Decision, State
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    name: str
+    requires: tuple[str, ...] = ()
+    remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    name: str
+    paths: tuple[PathSpec, ...]
+    failback: str = "auto"  # "auto" | "manual"
+    hold: float = 30.0
+
+    @property
+    def targets(self) -> frozenset[str]:
+        return frozenset(t for p in self.paths for t in p.requires)
+
+
+@dataclass(slots=True)
+class GroupPolicy:
+    spec: GroupSpec
+    active: str | None = None
+    alarm: bool = False
+    pinned: str | None = None
+    ready: bool = False  # every target has a verdict: the active path may be enforced
+    qualified_since: dict[str, float] = field(default_factory=dict)
+
+    def _qualifies(self, path: PathSpec, states: Mapping[str, State]) -> bool:
+        return all(states.get(t) is State.UP for t in path.requires)
+
+    def _index(self, name: str | None) -> int:
+        for i, p in enumerate(self.spec.paths):
+            if p.name == name:
+                return i
+        return len(self.spec.paths)
+
+    def _track(self, states: Mapping[str, State], now: float, cause_at: float) -> list[PathSpec]:
+        """Update per-path 'qualifying since' and return the qualifying paths in order."""
+        ok: list[PathSpec] = []
+        for p in self.spec.paths:
+            if self._qualifies(p, states):
+                self.qualified_since.setdefault(p.name, min(now, cause_at))
+                ok.append(p)
+            else:
+                self.qualified_since.pop(p.name, None)
+        return ok
+
+    def evaluate(
+        self, states: Mapping[str, State], now: float, cause_at: float | None = None
+    ) -> Decision | None:
+        """Re-evaluate after a state change (cause_at = when it was observed) or a timer."""
+        cause = now if cause_at is None else cause_at
+        if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
+            return None
+        self.ready = True
+        ok = self._track(states, now, cause)
+        names = [p.name for p in ok]
+        self.alarm = not ok
+        if not ok:
+            return None
+        best = ok[0].name
+
+        if self.pinned is not None:
+            if self.pinned in names:
+                return self._switch(self.pinned, now, cause, "manual", "pinned by operator")
+            dropped, self.pinned = self.pinned, None
+            reason = f"pinned path {dropped} stopped qualifying"
+            return self._switch(best, now, cause, "failover", reason)
+
+        if self.active is None:
+            return self._switch(best, now, cause, "initial", "first verdicts in")
+        if self.active not in names:
+            return self._switch(best, now, cause, "failover", f"{self.active} lost: {self._why(states)}")
+        if best != self.active and self.spec.failback == "auto":
+            due = self._failback_due(best)
+            if due is not None and now >= due:
+                reason = f"{best} stable for {self.spec.hold:g}s"
+                return self._switch(best, now, due, "failback", reason)
+        return None
+
+    def _why(self, states: Mapping[str, State]) -> str:
+        path = self.spec.paths[self._index(self.active)]
+        bad = [f"{t} {states.get(t, State.UNKNOWN)}" for t in path.requires
+               if states.get(t) is not State.UP]
+        return ", ".join(bad) or "requirements no longer hold"
+
+    def _failback_due(self, best: str) -> float | None:
+        since = self.qualified_since.get(best)
+        return None if since is None else since + self.spec.hold
+
+    def next_wakeup(self) -> float | None:
+        """When evaluate() must run again for a pending auto failback, if any."""
+        if self.active is None or self.pinned is not None or self.spec.failback != "auto":
+            return None
+        active_i = self._index(self.active)
+        for p in self.spec.paths[:active_i]:
+            if p.name in self.qualified_since:
+                return self._failback_due(p.name)
+        return None
+
+    def pin(self, path: str, states: Mapping[str, State], now: float) -> Decision | None:
+        """Operator failover to `path`. Raises ValueError when it cannot be honoured."""
+        spec = next((p for p in self.spec.paths if p.name == path), None)
+        if spec is None:
+            raise ValueError(f"group {self.spec.name} has no path {path!r}")
+        if not self._qualifies(spec, states):
+            bad = [t for t in spec.requires if states.get(t) is not State.UP]
+            raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
+        self.pinned = path
+        return self.evaluate(states, now)
+
+    def release(self, states: Mapping[str, State], now: float) -> Decision | None:
+        """Operator failback: drop any pin and move to the best path now, skipping hold."""
+        self.pinned = None
+        if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
+            return None
+        ok = self._track(states, now, now)
+        self.alarm = not ok
+        if not ok or ok[0].name == self.active:
+            return None
+        return self._switch(ok[0].name, now, now, "manual", "failback by operator")
+
+    def _switch(self, new: str, now: float, cause: float, kind: str, reason: str) -> Decision | None:
+        if new == self.active:
+            return None
+        d = Decision(self.spec.name, self.active, new, now, kind, reason, cause)
+        self.active = new
+        return d
