@@ -47,7 +47,7 @@ class Netns:
         """Silence a host: drop inbound UDP to a port, no ICMP back (the deadline path)."""
         self.nft(
             "table inet tgdrop { chain in { type filter hook input priority -10; "
-            f"udp dport {port} drop; }} }}\n"
+            f"udp dport {port} drop; }}; }}\n"
         )
 
     def undrop(self) -> None:

@@ -1,0 +1,426 @@
+"""Configuration: YAML validated by pydantic, every problem reported with key path and line.
+
+Durations are strings with a unit ("500ms", "2s", "1m", "1h"): a bare number is
+rejected because "timeout: 500" is ambiguous between seconds and milliseconds, and
+guessing wrong on a failover agent is an outage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent import __version__
+from agent.core.classify import OkCodes
+from agent.core.health import HealthParams
+from agent.core.policy import GroupSpec, PathSpec
+
+DEFAULT_PATH = "/etc/trunkguard/trunkguard.yaml"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+TARGET_KINDS = ("trunk",)
+
+
+def parse_duration(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, str):
+        raise ValueError(f"duration needs a unit, e.g. '500ms', '2s' or '1m' (got {v!r})")
+    m = _DURATION.match(v)
+    if not m:
+        raise ValueError(f"bad duration {v!r}: use a number and ms, s, m or h, e.g. '500ms'")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(
+            f"bad name {v!r}: use letters, digits, '.', '_' or '-' (max 63), starting alphanumeric"
+        )
+    return v
+
+
+def _check_ok_codes(v: list[str | int]) -> list[str | int]:
+    OkCodes.parse(v)
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeSettings(Strict):
+    interval: Duration = 1.0
+    fast_interval: Duration = 0.2
+    timeout: Duration = 0.5
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(3, ge=1, le=100)
+    ok_codes: Annotated[list[str | int], AfterValidator(_check_ok_codes)] = ["2xx"]
+    retry_after_cap: Duration = 300.0
+
+    @model_validator(mode="after")
+    def _fast_not_slower(self) -> ProbeSettings:
+        if self.fast_interval > self.interval:
+            raise ValueError("fast_interval must not be longer than interval")
+        return self
+
+
+class ProbeOverrides(Strict):
+    interval: Duration | None = None
+    fast_interval: Duration | None = None
+    timeout: Duration | None = None
+    rise: int | None = Field(None, ge=1, le=100)
+    fall: int | None = Field(None, ge=1, le=100)
+    ok_codes: Annotated[list[str | int], AfterValidator(_check_ok_codes)] | None = None
+    retry_after_cap: Duration | None = None
+
+
+class TrunkConfig(ProbeOverrides):
+    uri: str
+    description: str = ""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        from agent.sip.uri import parse_uri
+
+        uri = parse_uri(v)
+        if uri.transport != "udp":
+            raise ValueError(f"transport {uri.transport} is not supported yet (udp only)")
+        return v
+
+
+class SipSettings(Strict):
+    source_address: str | None = None
+    source_port: int = Field(0, ge=0, le=65535)
+    user_agent: str = f"trunkguard/{__version__}"
+    t1: Duration = 0.5
+
+    @field_validator("source_address")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_address(v)
+        return v
+
+
+class NetlinkRoute(Strict):
+    dst: str
+    gateway: str | None = None
+    dev: str | None = None
+    table: int | None = Field(None, ge=1, le=0xFFFFFFFF)
+    metric: int | None = Field(None, ge=0, le=0xFFFFFFFF)
+
+    @field_validator("dst")
+    @classmethod
+    def _dst(cls, v: str) -> str:
+        if v != "default":
+            ipaddress.ip_network(v, strict=True)
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _gw(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _via(self) -> NetlinkRoute:
+        if self.gateway is None and self.dev is None:
+            raise ValueError("a route needs a gateway, a dev, or both")
+        return self
+
+
+class CommandAction(Strict):
+    argv: list[str] = Field(min_length=1)
+    verify: list[str] | None = Field(None, min_length=1)
+    timeout: Duration = 10.0
+
+    @field_validator("argv", "verify")
+    @classmethod
+    def _absolute(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v[0].startswith("/"):
+            raise ValueError(f"program must be an absolute path, got {v[0]!r} (no PATH lookup)")
+        return v
+
+
+class Actions(Strict):
+    netlink: list[NetlinkRoute] = []
+    command: CommandAction | None = None
+
+
+class PathConfig(Strict):
+    name: Name
+    requires: list[str] = []
+    remote: bool = False
+    actions: Actions = Actions()
+
+
+class RouteGroupConfig(Strict):
+    failback: Literal["auto", "manual"] = "auto"
+    hold: Duration = 30.0
+    paths: list[PathConfig] = Field(min_length=1)
+
+
+class ActuatorSettings(Strict):
+    drift_interval: Duration = 10.0
+    backoff_initial: Duration = 0.1
+    backoff_max: Duration = 10.0
+
+
+class MqttTls(Strict):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttConfig(Strict):
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    client_id: str | None = None
+    prefix: Name = "trunkguard"
+    keepalive: Duration = 10.0
+    tls: MqttTls | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return Path(self.password_file).read_text().strip()
+        return None
+
+
+class MetricsConfig(Strict):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT, got {v!r}")
+        ipaddress.ip_address(host.strip("[]"))
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class ControlConfig(Strict):
+    socket: str = "/run/trunkguard/control.sock"
+
+
+class Config(Strict):
+    site: Name
+    node: Name
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    state_dir: str | None = None
+    control: ControlConfig = ControlConfig()
+    probe: ProbeSettings = ProbeSettings()
+    sip: SipSettings = SipSettings()
+    trunks: dict[Name, TrunkConfig] = {}
+    routes: dict[Name, RouteGroupConfig] = {}
+    actuators: ActuatorSettings = ActuatorSettings()
+    mqtt: MqttConfig | None = None
+    metrics: MetricsConfig | None = MetricsConfig()
+
+    def probe_for(self, trunk: str) -> ProbeSettings:
+        """The trunk's effective probe settings: its overrides over the global defaults."""
+        t = self.trunks[trunk]
+        own = {k: v for k, v in t.model_dump(exclude={"uri", "description"}).items() if v is not None}
+        return self.probe.model_copy(update=own)
+
+    def health_params(self) -> dict[str, HealthParams]:
+        out = {}
+        for name in self.trunks:
+            p = self.probe_for(name)
+            out[f"trunk:{name}"] = HealthParams(p.interval, p.fast_interval, p.rise, p.fall)
+        return out
+
+    def group_specs(self) -> list[GroupSpec]:
+        return [
+            GroupSpec(
+                name,
+                tuple(PathSpec(p.name, tuple(p.requires), p.remote) for p in g.paths),
+                g.failback,
+                g.hold,
+            )
+            for name, g in self.routes.items()
+        ]
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+Loc = tuple[str | int, ...]
+
+
+def _fmt_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class _Lines:
+    """Key path -> line number, from the YAML node tree (and duplicate-key detection)."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.lines: dict[Loc, int] = {}
+        self.duplicates: list[tuple[Loc, int]] = []
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, loc: Loc) -> None:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in node.value:
+                key = str(k.value)
+                if key in seen:
+                    self.duplicates.append(((*loc, key), k.start_mark.line + 1))
+                seen.add(key)
+                self.lines[(*loc, key)] = k.start_mark.line + 1
+                self._walk(v, (*loc, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*loc, i))
+
+    def line(self, loc: Loc) -> int | None:
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get(())
+
+    def problem(self, loc: Loc, msg: str) -> str:
+        line = self.line(loc)
+        return f"{_fmt_loc(loc)}: {msg}" + (f" (line {line})" if line else "")
+
+
+def _pydantic_msg(err: Any) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return str(msg)
+
+
+def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
+    """Checks that span sections: references between targets and route groups."""
+    from agent.act.netlink import RouteSpec, route_key
+
+    problems: list[str] = []
+    known = {f"trunk:{n}" for n in cfg.trunks}
+    for name in cfg.trunks:
+        p = cfg.probe_for(name)
+        if p.fast_interval > p.interval:
+            msg = f"fast_interval {p.fast_interval:g}s is longer than interval {p.interval:g}s"
+            problems.append(lines.problem(("trunks", name), msg))
+    for gname, g in cfg.routes.items():
+        seen: set[str] = set()
+        keysets: list[tuple[int, frozenset[tuple[object, ...]]]] = []
+        for i, p in enumerate(g.paths):
+            loc: Loc = ("routes", gname, "paths", i)
+            if p.name in seen:
+                problems.append(lines.problem((*loc, "name"), f"duplicate path name {p.name!r}"))
+            seen.add(p.name)
+            for j, req in enumerate(p.requires):
+                kind, _, _ = req.partition(":")
+                if kind not in TARGET_KINDS:
+                    msg = f"bad target {req!r}: use kind:name with kind one of {', '.join(TARGET_KINDS)}"
+                    problems.append(lines.problem((*loc, "requires", j), msg))
+                elif req not in known:
+                    problems.append(lines.problem((*loc, "requires", j), f"unknown target {req!r}"))
+            keys = frozenset(
+                route_key(RouteSpec(r.dst, r.gateway, r.dev, r.table, r.metric))
+                for r in p.actions.netlink
+            )
+            keysets.append((i, keys))
+        # Replace-only routing: every path must own the same prefixes, or a failover
+        # would leave the old path's extra routes behind.
+        routed = [(i, k) for i, k in keysets if k]
+        if routed and any(k != routed[0][1] for _, k in keysets):
+            first = routed[0][0]
+            for i, k in keysets:
+                if k != routed[0][1]:
+                    loc = ("routes", gname, "paths", i, "actions", "netlink")
+                    msg = f"must route the same prefixes (dst/table/metric) as paths[{first}]"
+                    problems.append(lines.problem(loc, msg))
+    if cfg.mqtt and cfg.mqtt.password_file and not Path(cfg.mqtt.password_file).is_file():
+        problems.append(
+            lines.problem(("mqtt", "password_file"), f"cannot read {cfg.mqtt.password_file}")
+        )
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{source}: YAML syntax error: {problem}{where}"]) from None
+    lines = _Lines(root)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: top level must be a mapping of keys"])
+    problems = [lines.problem(loc, "duplicate key") for loc, _ in lines.duplicates]
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        problems += [lines.problem(tuple(err["loc"]), _pydantic_msg(err)) for err in e.errors()]
+        raise ConfigError(problems) from None
+    problems += _cross_checks(cfg, lines)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
+    return parse_config(text, str(path))

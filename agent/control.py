@@ -1,0 +1,136 @@
+"""Local control channel between the CLI and the daemon: a UNIX stream socket.
+
+Authentication is the kernel's: the socket is mode 0660 in a 0750 directory and
+every connection's peer credentials (SO_PEERCRED) must be root or the daemon's
+own user. One JSON request line in, one JSON response line out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """A request the daemon refused; the message is shown to the operator as is."""
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class ControlServer:
+    def __init__(self, path: str, handler: Handler, log: Any) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.log = log
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if self.path.exists():
+            if _answers(self.path):
+                raise OSError(f"another trunkguard is already listening on {self.path}")
+            self.path.unlink()
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            uid = _peer_uid(sock)
+            if uid not in (0, os.getuid()):
+                self.log.warning("control connection refused", peer_uid=uid)
+                await _reply(writer, {"ok": False, "error": "permission denied"})
+                return
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            if len(line) > MAX_REQUEST or not line.endswith(b"\n"):
+                await _reply(writer, {"ok": False, "error": "request too long or incomplete"})
+                return
+            try:
+                req = json.loads(line)
+            except ValueError:
+                await _reply(writer, {"ok": False, "error": "request is not JSON"})
+                return
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                await _reply(writer, {"ok": False, "error": "request needs a 'cmd'"})
+                return
+            try:
+                result = await self.handler(req)
+                await _reply(writer, {"ok": True, "result": result})
+            except ControlError as e:
+                await _reply(writer, {"ok": False, "error": str(e)})
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        except Exception:  # a bad request must never take the daemon down
+            self.log.exception("control request failed")
+            with contextlib.suppress(Exception):
+                await _reply(writer, {"ok": False, "error": "internal error, see the daemon log"})
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(json.dumps(obj).encode() + b"\n")
+    await writer.drain()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Blocking client used by the CLI; raises ControlError with a one-line message."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"no trunkguard daemon listening on {path} (is it running?)") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: run as root or the trunkguard user") from None
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    try:
+        resp = json.loads(buf)
+    except ValueError:
+        raise ControlError("daemon closed the connection without an answer") from None
+    if not resp.get("ok"):
+        raise ControlError(str(resp.get("error", "request failed")))
+    return resp.get("result")

@@ -1,0 +1,526 @@
+"""The daemon: the imperative shell around the pure core.
+
+One event loop. Probe loops feed verdicts into the Engine; each Step it returns
+is carried out here: logs, metrics, MQTT, persisted intent, and the desired
+routing pushed to the actuators' convergers. Nothing here decides routing.
+
+Long-lived parts (metrics listener, MQTT session, control socket) live for the
+whole process; probe loops and actuators form a "generation" that a SIGHUP
+reload replaces while the Engine keeps every target's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import __version__, persist
+from agent.act.base import Actuator
+from agent.act.command import CommandActuator, CommandSpec
+from agent.act.converge import ApplyReport, Converger
+from agent.act.netlink import NetlinkActuator, RouteSpec
+from agent.bus.mqtt import MqttPublisher, MqttSettings
+from agent.config import Config, ConfigError, load_config
+from agent.control import ControlError, ControlServer
+from agent.core.classify import OkCodes, classify
+from agent.core.engine import Engine, Step
+from agent.core.events import Decision, ProbeOutcome, State, Transition
+from agent.obs import systemd
+from agent.obs.logging import configure_logging, get_logger
+from agent.obs.metrics import Metrics
+from agent.sip.prober import UdpProber
+from agent.sip.uri import SipUri, parse_uri
+
+Observer = Callable[[str, Mapping[str, Any]], None]
+STATES = [s.value for s in State]
+
+
+@dataclass
+class _Pending:
+    """A routing decision waiting for every actuator to report it applied."""
+
+    path: str
+    cause_at: float
+    decided_at: float
+    waiting: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _TrunkRun:
+    uri: SipUri
+    timeout: float
+    ok_codes: OkCodes
+    retry_after_cap: float
+
+
+def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
+    routes: dict[tuple[str, str], list[RouteSpec]] = {}
+    commands: dict[tuple[str, str], CommandSpec] = {}
+    for gname, g in cfg.routes.items():
+        for p in g.paths:
+            if p.actions.netlink:
+                routes[(gname, p.name)] = [
+                    RouteSpec(r.dst, r.gateway, r.dev, r.table, r.metric) for r in p.actions.netlink
+                ]
+            if p.actions.command:
+                c = p.actions.command
+                commands[(gname, p.name)] = CommandSpec(
+                    tuple(c.argv), tuple(c.verify) if c.verify else None, c.timeout
+                )
+    acts: list[Actuator] = []
+    if routes:
+        acts.append(NetlinkActuator("netlink", routes))
+    if commands:
+        acts.append(CommandActuator("command", commands, env=env))
+    return acts
+
+
+class Daemon:
+    def __init__(self, config_path: str, cfg: Config, *, observer: Observer | None = None,
+                 json_logs: bool | None = None) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.observer = observer
+        configure_logging(cfg.log_level, json_logs)
+        self.log = get_logger("trunkguard")
+        self.json_logs = json_logs
+        self.clock = time.monotonic
+        self.started = self.clock()
+        self.wall_offset = time.time() - self.started
+        self.metrics = Metrics()
+        self.metrics.build_info.labels(version=__version__).set(1)
+        self.engine = Engine(cfg.health_params(), cfg.group_specs())
+        self.seq = 0
+        self.last_outcome: dict[str, ProbeOutcome] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.convergers: list[Converger] = []
+        self.pushed: dict[str, str] = {}
+        self.mqtt: MqttPublisher | None = None
+        self.prober: UdpProber | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._probe_wake: dict[str, asyncio.Event] = {}
+        self._restore()
+
+    # ---- intent kept across restarts -------------------------------------------------
+
+    def _restore(self) -> None:
+        saved, problem = persist.load(self.cfg.state_dir)
+        if problem:
+            self.log.warning("state file unusable", problem=problem)
+        now = self.clock()
+        for target in saved.maintenance:
+            if target in self.engine.targets:
+                self.engine.targets[target].set_maintenance(True, now)
+        for gname, path in saved.active.items():
+            g = self.engine.groups.get(gname)
+            if g and any(p.name == path for p in g.spec.paths):
+                g.active = path  # enforced only once every target has a verdict
+        for gname, path in saved.pinned.items():
+            g = self.engine.groups.get(gname)
+            if g and any(p.name == path for p in g.spec.paths):
+                g.pinned = path
+
+    def _save(self) -> None:
+        saved = persist.Saved(
+            active={n: g.active for n, g in self.engine.groups.items() if g.active},
+            pinned={n: g.pinned for n, g in self.engine.groups.items() if g.pinned},
+            maintenance=[n for n, t in self.engine.targets.items() if t.maintenance],
+        )
+        try:
+            persist.save(self.cfg.state_dir, saved)
+        except OSError as e:
+            self.log.error("cannot save state", error=str(e))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---- main ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig, ev in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
+                        (signal.SIGHUP, self._reload)):
+            loop.add_signal_handler(sig, ev.set)
+        stop_metrics: Callable[[], None] | None = None
+        control = ControlServer(self.cfg.control.socket, self._control, self.log)
+        try:
+            if self.cfg.metrics is not None:
+                host, port = self.cfg.metrics.host_port
+                stop_metrics = self.metrics.serve(host, port)
+            await control.start()
+        except OSError as e:
+            self.log.error("cannot start", error=str(e))
+            if stop_metrics:
+                stop_metrics()
+            return 1
+        if self.cfg.mqtt is not None:
+            self.mqtt = MqttPublisher(self._mqtt_settings(), log=self.log,
+                                      on_connected=self._mqtt_state)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                background = [tg.create_task(self._supervise("loop-lag", self.metrics.watch_loop_lag))]
+                if self.mqtt is not None:
+                    background.append(tg.create_task(self._supervise("mqtt", self.mqtt.run)))
+                wd = systemd.watchdog_interval()
+                if wd:
+                    background.append(tg.create_task(systemd.watchdog_loop(wd)))
+                gen = tg.create_task(self._generation())
+                self._publish_state()
+                systemd.ready(f"probing {len(self.cfg.trunks)} trunks")
+                self.log.info("started", version=__version__, site=self.cfg.site,
+                              node=self.cfg.node, trunks=len(self.cfg.trunks),
+                              groups=len(self.cfg.routes))
+                while not self._stop.is_set():
+                    waiter = tg.create_task(self._stop.wait())
+                    reloader = tg.create_task(self._reload.wait())
+                    await asyncio.wait([waiter, reloader], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    reloader.cancel()
+                    if self._reload.is_set() and not self._stop.is_set():
+                        self._reload.clear()
+                        if self._do_reload():
+                            gen.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await gen
+                            gen = tg.create_task(self._generation())
+                systemd.stopping()
+                self.log.info("stopping: routes are left as they are")
+                gen.cancel()
+                if self.mqtt is not None:
+                    self._publish_state()
+                    await self.mqtt.stop()
+                for t in background:
+                    t.cancel()
+        finally:
+            await control.close()
+            if stop_metrics:
+                stop_metrics()
+            if self.prober:
+                self.prober.close()
+        return 0
+
+    def _mqtt_settings(self) -> MqttSettings:
+        m = self.cfg.mqtt
+        assert m is not None
+        tls = m.tls
+        return MqttSettings(
+            host=m.host, port=m.port, site=self.cfg.site, node=self.cfg.node, prefix=m.prefix,
+            username=m.username, password=m.secret(), client_id=m.client_id,
+            keepalive=m.keepalive,
+            tls_ca_file=tls.ca_file if tls else None, tls_cert_file=tls.cert_file if tls else None,
+            tls_key_file=tls.key_file if tls else None, tls_insecure=tls.insecure if tls else False,
+        )
+
+    def _mqtt_state(self, up: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if up else 0)
+
+    async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Keep a background task alive: log and restart it if it ever fails."""
+        delay = 0.5
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("task failed, restarting", task=name, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _do_reload(self) -> bool:
+        systemd.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            for p in e.problems:
+                self.log.error("reload rejected, keeping the running config", problem=p)
+            self.metrics.config_reload_total.labels(result="error").inc()
+            systemd.ready("reload rejected")
+            return False
+        fixed = ("site", "node", "mqtt", "metrics", "control", "state_dir")
+        changed = [k for k in fixed if getattr(new, k) != getattr(self.cfg, k)]
+        if changed:
+            self.log.warning("these settings change only on restart", keys=changed)
+            new = new.model_copy(update={k: getattr(self.cfg, k) for k in changed})
+        self.cfg = new
+        configure_logging(new.log_level, self.json_logs)
+        self.engine.reconfigure(new.health_params(), new.group_specs())
+        self.metrics.config_reload_total.labels(result="ok").inc()
+        self.log.info("config reloaded", trunks=len(new.trunks), groups=len(new.routes))
+        systemd.ready("reloaded")
+        return True
+
+    # ---- one generation: probes, actuators, timers ----------------------------------
+
+    async def _generation(self) -> None:
+        cfg = self.cfg
+        if self.prober is not None:
+            self.prober.close()
+        self.prober = UdpProber(
+            user_agent=cfg.sip.user_agent, source_address=cfg.sip.source_address,
+            source_port=cfg.sip.source_port, t1=cfg.sip.t1, on_unmatched=self._unmatched,
+        )
+        env = {"TRUNKGUARD_SITE": cfg.site, "TRUNKGUARD_NODE": cfg.node}
+        self.convergers = [
+            Converger(a, drift_interval=cfg.actuators.drift_interval,
+                      backoff_initial=cfg.actuators.backoff_initial,
+                      backoff_max=cfg.actuators.backoff_max, on_report=self._on_report)
+            for a in build_actuators(cfg, env)
+        ]
+        self.pushed = {}
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for c in self.convergers:
+                    tg.create_task(self._supervise(f"actuator {c.actuator.name}", c.run))
+                for name in cfg.trunks:
+                    tg.create_task(self._supervise(f"probe {name}", lambda n=name: self._probe_loop(n)))
+                tg.create_task(self._supervise("timers", self._timer_loop))
+                self._push_desired()
+        finally:
+            for c in self.convergers:
+                with contextlib.suppress(Exception):
+                    await c.actuator.close()
+
+    async def _probe_loop(self, trunk: str) -> None:
+        target = f"trunk:{trunk}"
+        p = self.cfg.probe_for(trunk)
+        run = _TrunkRun(parse_uri(self.cfg.trunks[trunk].uri), p.timeout,
+                        OkCodes.parse(p.ok_codes), p.retry_after_cap)
+        wake = self._probe_wake.setdefault(target, asyncio.Event())
+        last_start = float("-inf")
+        async with asyncio.TaskGroup() as probes:
+            while True:
+                wake.clear()
+                th = self.engine.targets[target]
+                due = max(last_start + th.next_delay(), th.not_before() or 0.0)
+                now = self.clock()
+                if due > now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), due - now)
+                    continue
+                last_start = now
+                # Probes may overlap: in fast re-probe the next one starts before the
+                # previous deadline, which is what keeps detection near fall*fast_interval.
+                probes.create_task(self._probe_once(trunk, target, run))
+
+    async def _probe_once(self, trunk: str, target: str, run: _TrunkRun) -> None:
+        assert self.prober is not None
+        try:
+            outcome = await self.prober.probe_uri(run.uri, timeout=run.timeout)
+        except Exception as e:  # the prober must never kill the loop; count it as a failure
+            self.log.exception("probe crashed", trunk=trunk)
+            outcome = ProbeOutcome(self.clock(), "send_error", detail=str(e))
+        self.last_outcome[target] = outcome
+        m = self.metrics
+        if outcome.reason == "response" and outcome.code is not None:
+            m.sip_options_responses_total.labels(trunk=trunk, code=str(outcome.code)).inc()
+            if outcome.rtt is not None:
+                m.sip_options_rtt_seconds.labels(trunk=trunk).observe(outcome.rtt)
+        verdict = classify(outcome, target=target, ok_codes=run.ok_codes,
+                           retry_after_cap=run.retry_after_cap)
+        if not verdict.ok:
+            reason = "status" if outcome.reason == "response" else outcome.reason
+            m.probe_failures_total.labels(trunk=trunk, reason=reason).inc()
+        self._observe("probe", target=target, ok=verdict.ok, reason=verdict.reason,
+                      code=outcome.code, rtt=outcome.rtt, at=outcome.at)
+        self._handle(self.engine.observe(verdict))
+        self._probe_wake[target].set()
+
+    def _unmatched(self, reason: str) -> None:
+        self.metrics.sip_unmatched_responses_total.labels(reason=reason).inc()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            nxt = self.engine.next_wakeup()
+            now = self.clock()
+            if nxt is not None and nxt <= now:
+                self._handle(self.engine.tick(now))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), None if nxt is None else nxt - now)
+
+    # ---- carrying out a Step ----------------------------------------------------------
+
+    def _handle(self, step: Step) -> None:
+        if not step and self.pushed == self.engine.desired():
+            return
+        for t in step.transitions:
+            self._on_transition(t)
+        for d in step.decisions:
+            self._on_decision(d)
+        self._push_desired()
+        if step:
+            if step.decisions or any(t.new is State.MAINTENANCE or t.old is State.MAINTENANCE
+                                     for t in step.transitions):
+                self._save()
+            self._publish_state()
+        self._timer_wake.set()
+
+    def _on_transition(self, t: Transition) -> None:
+        kind, _, name = t.target.partition(":")
+        self.log.info("target transition", target=t.target, old=t.old.value, new=t.new.value,
+                      reason=t.reason)
+        m = self.metrics
+        m.set_target_state(kind, name, t.new.value, STATES)
+        m.target_up.labels(kind=kind, name=name).set(1 if t.new is State.UP else 0)
+        m.transitions_total.labels(kind=kind, name=name, to=t.new.value).inc()
+        payload = {"target": t.target, "old": t.old.value, "new": t.new.value,
+                   "reason": t.reason, "at": self._wall(t.at)}
+        if self.mqtt:
+            self.mqtt.publish(f"{kind}s/{name}", self._target_json(t.target), retain=True)
+            self.mqtt.publish("events", {"type": "transition", **payload})
+        self._observe("transition", **payload, mono=t.at)
+
+    def _on_decision(self, d: Decision) -> None:
+        g = self.engine.groups[d.group]
+        self.log.warning("route change", group=d.group, old=d.old_path, new=d.new_path,
+                         kind=d.kind, reason=d.reason)
+        m = self.metrics
+        m.set_active_path(d.group, [p.name for p in g.spec.paths], d.new_path)
+        if d.kind == "failover":
+            m.failovers_total.labels(group=d.group).inc()
+        elif d.kind == "failback":
+            m.failbacks_total.labels(group=d.group).inc()
+        self.pending[d.group] = _Pending(d.new_path, d.cause_at, d.at,
+                                         {c.actuator.name for c in self.convergers})
+        payload = {"group": d.group, "old": d.old_path, "new": d.new_path, "kind": d.kind,
+                   "reason": d.reason, "at": self._wall(d.at)}
+        if self.mqtt:
+            self.mqtt.publish(f"routes/{d.group}", self._route_json(d.group), retain=True)
+            self.mqtt.publish("events", {"type": "route", **payload})
+        self._observe("decision", **payload, mono=d.at)
+        if not self.convergers:
+            self._applied(d.group, d.at)
+
+    def _push_desired(self) -> None:
+        desired = self.engine.desired()
+        for gname, g in self.engine.groups.items():
+            self.metrics.route_no_path.labels(group=gname).set(1 if g.alarm else 0)
+        if desired == self.pushed:
+            return
+        self.pushed = dict(desired)
+        for c in self.convergers:
+            c.set_desired(desired)
+
+    def _on_report(self, r: ApplyReport) -> None:
+        m = self.metrics
+        m.actuator_converged.labels(actuator=r.actuator).set(1 if r.ok else 0)
+        m.actuator_apply_seconds.labels(actuator=r.actuator).observe(r.finished_at - r.started_at)
+        if not r.ok:
+            m.actuator_errors_total.labels(actuator=r.actuator, reason=r.error_reason or "error").inc()
+            self.log.error("actuator failed, will retry", actuator=r.actuator,
+                           reason=r.error_reason, error=r.error, attempt=r.attempt)
+            return
+        if r.trigger == "drift" and r.changed:
+            self.log.warning("routing drifted and was re-applied", actuator=r.actuator)
+        for group, pend in list(self.pending.items()):
+            if r.desired.get(group) == pend.path:
+                pend.waiting.discard(r.actuator)
+                if not pend.waiting:
+                    self._applied(group, r.finished_at)
+
+    def _applied(self, group: str, at: float) -> None:
+        pend = self.pending.pop(group, None)
+        if pend is None:
+            return
+        reroute = at - pend.cause_at
+        self.metrics.reroute_seconds.labels(group=group).observe(max(reroute, 0.0))
+        self.log.info("route applied", group=group, path=pend.path,
+                      apply_ms=round((at - pend.decided_at) * 1000, 2),
+                      reroute_ms=round(reroute * 1000, 1))
+        self._observe("applied", group=group, path=pend.path, mono=at,
+                      apply_ms=(at - pend.decided_at) * 1000, reroute_ms=reroute * 1000)
+
+    def _observe(self, what: str, **fields: Any) -> None:
+        if self.observer is not None:
+            self.observer(what, fields)
+
+    # ---- state views (status, MQTT) ---------------------------------------------------
+
+    def _wall(self, mono: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mono + self.wall_offset)) + (
+            f".{int(((mono + self.wall_offset) % 1) * 1000):03d}Z")
+
+    def _target_json(self, target: str) -> dict[str, Any]:
+        th = self.engine.targets[target]
+        out: dict[str, Any] = {"state": th.state.value, "since": self._wall(th.since),
+                               "reason": th.reason}
+        o = self.last_outcome.get(target)
+        if o is not None:
+            out["last_code"] = o.code
+            out["last_rtt_ms"] = None if o.rtt is None else round(o.rtt * 1000, 2)
+        if th.hold_until:
+            out["hold_until"] = self._wall(th.hold_until)
+        return out
+
+    def _route_json(self, group: str) -> dict[str, Any]:
+        g = self.engine.groups[group]
+        states = self.engine.states()
+        return {
+            "active": g.active, "pinned": g.pinned, "alarm": g.alarm, "ready": g.ready,
+            "failback": g.spec.failback, "hold_s": g.spec.hold,
+            "paths": [{"name": p.name, "remote": p.remote, "requires": list(p.requires),
+                       "qualifies": all(states.get(t) is State.UP for t in p.requires)}
+                      for p in g.spec.paths],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        self.seq += 1
+        return {
+            "schema": 1, "seq": self.seq, "site": self.cfg.site, "node": self.cfg.node,
+            "version": __version__, "uptime_s": round(self.clock() - self.started, 1),
+            "targets": {t: self._target_json(t) for t in self.engine.targets},
+            "routes": {g: self._route_json(g) for g in self.engine.groups},
+            "actuators": {c.actuator.name: {"converged": c.converged} for c in self.convergers},
+            "mqtt": None if self.mqtt is None else {"connected": self.mqtt.connected},
+        }
+
+    def _publish_state(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish("state", self.snapshot(), retain=True)
+
+    # ---- operator commands over the control socket ----------------------------------
+
+    async def _control(self, req: dict[str, Any]) -> Any:
+        cmd, now = req["cmd"], self.clock()
+        try:
+            if cmd == "status":
+                return self.snapshot()
+            if cmd == "failover":
+                step = self.engine.failover(str(req.get("group")), str(req.get("path")), now)
+            elif cmd == "failback":
+                step = self.engine.failback(str(req.get("group")), now)
+            elif cmd == "maintenance":
+                target = self._resolve_target(str(req.get("target")))
+                step = self.engine.set_maintenance(target, bool(req.get("on")), now)
+            else:
+                raise ControlError(f"unknown command {cmd!r}")
+        except (KeyError, ValueError) as e:
+            raise ControlError(str(e.args[0] if e.args else e)) from None
+        self.log.warning("operator command", cmd=cmd, **{k: v for k, v in req.items() if k != "cmd"})
+        self._handle(step)
+        self._save()
+        return {"decisions": [d.new_path for d in step.decisions],
+                "routes": {g: self.engine.groups[g].active for g in self.engine.groups}}
+
+    def _resolve_target(self, name: str) -> str:
+        if name in self.engine.targets:
+            return name
+        matches = [t for t in self.engine.targets if t.partition(":")[2] == name]
+        if len(matches) == 1:
+            return matches[0]
+        raise KeyError(f"unknown target {name!r}" if not matches else
+                       f"ambiguous target {name!r}: use one of {', '.join(matches)}")
+
+
+async def run_daemon(config_path: str, cfg: Config, **kw: Any) -> int:
+    return await Daemon(config_path, cfg, **kw).run()

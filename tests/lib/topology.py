@@ -1,0 +1,69 @@
+"""The two-carrier lab in namespaces: an agent host with a veth link to each carrier,
+and sipp answering OPTIONS behind each link. Shared by the end-to-end tests and
+bench/failover.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lib import sipp
+from tests.lib.netns import Netns, namespaces, veth
+
+PREFIX = "203.0.113.0/24"  # the "PSTN" prefix whose route the agent moves
+GW_A, GW_B = "192.0.2.1", "198.51.100.1"
+
+
+@dataclass
+class Lab:
+    agent: Netns
+    carrier_a: Netns
+    carrier_b: Netns
+    tmp: Path
+
+    def config(self, *, hold: str = "2s", interval: str = "1s", fast: str = "200ms",
+               timeout: str = "500ms", rise: int = 2, fall: int = 3, extra: str = "") -> Path:
+        text = f"""\
+site: lab
+node: agent
+state_dir: {self.tmp}/state
+control: {{socket: {self.tmp}/control.sock}}
+metrics: {{listen: "127.0.0.1:9464"}}
+probe: {{interval: {interval}, fast_interval: {fast}, timeout: {timeout}, rise: {rise}, fall: {fall}}}
+trunks:
+  carrier-a: {{uri: "sip:{GW_A}:5060"}}
+  carrier-b: {{uri: "sip:{GW_B}:5060"}}
+routes:
+  outbound:
+    failback: auto
+    hold: {hold}
+    paths:
+      - name: carrier-a
+        requires: [trunk:carrier-a]
+        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_A}}}]}}
+      - name: carrier-b
+        requires: [trunk:carrier-b]
+        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_B}}}]}}
+{extra}"""
+        path = self.tmp / "trunkguard.yaml"
+        path.write_text(text)
+        return path
+
+    def gateway(self) -> str | None:
+        out = self.agent.ip("-j", "route", "show", PREFIX).stdout
+        routes = json.loads(out or "[]")
+        return routes[0].get("gateway") if routes else None
+
+
+@contextmanager
+def two_carriers(tmp: Path) -> Iterator[Lab]:
+    with namespaces("ag", "ca", "cb") as (ag, ca, cb), ExitStack() as stack:
+        veth(ag, "192.0.2.2/24", ca, f"{GW_A}/24")
+        veth(ag, "198.51.100.2/24", cb, f"{GW_B}/24")
+        for ns, ip in ((ca, GW_A), (cb, GW_B)):
+            # The carrier must know the way back to the agent's other side too.
+            stack.enter_context(sipp.options_responder(tmp, ip, 5060, netns=ns.name))
+        yield Lab(ag, ca, cb, tmp)
