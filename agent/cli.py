@@ -1,4 +1,4 @@
-"""`trunkguard` command line. Every failure is one clear line and an exit code, never a traceback."""
+"""`trunkguard` command line: every failure is one clear line and an exit code, no traceback."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", default=DEFAULT_PATH, help=f"config file ({DEFAULT_PATH})")
+        sp.add_argument(
+            "-c", "--config", default=DEFAULT_PATH, help=f"config file ({DEFAULT_PATH})"
+        )
 
     def with_socket(sp: argparse.ArgumentParser) -> None:
         with_config(sp)
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("probe", help="send SIP OPTIONS like ping")
     sp.add_argument("uri", help="sip:HOST[:PORT]")
     sp.add_argument("-n", "--count", type=_count, default=4, help="probes to send, 0 = forever (4)")
-    sp.add_argument("-i", "--interval", type=_seconds, default=1.0, help="seconds between probes (1)")
+    sp.add_argument(
+        "-i", "--interval", type=_seconds, default=1.0, help="seconds between probes (1)"
+    )
     sp.add_argument("-t", "--timeout", type=_seconds, default=2.0, help="per-probe deadline (2)")
     sp.add_argument("--ok-codes", default="2xx", help="comma list of alive codes (2xx)")
     sp.add_argument("--source", help="source address to send from")
@@ -106,15 +110,20 @@ def _print_status(s: dict[str, Any]) -> None:
     print()
     print(f"{'ROUTE GROUP':<20} {'ACTIVE':<20} {'FAILBACK':<9} FLAGS")
     for name, r in s["routes"].items():
-        flags = [f for f, on in (("ALARM:no-path", r["alarm"]), ("waiting-for-verdicts", not r["ready"]))
-                 if on]
+        flags = [
+            f
+            for f, on in (("ALARM:no-path", r["alarm"]), ("waiting-for-verdicts", not r["ready"]))
+            if on
+        ]
         if r["pinned"]:
             flags.append(f"pinned={r['pinned']}")
         print(f"{name:<20} {r['active'] or '-':<20} {r['failback']:<9} {' '.join(flags)}")
         for p in r["paths"]:
             mark = "*" if p["name"] == r["active"] else " "
             ok = "ok" if p["qualifies"] else "--"
-            print(f"   {mark} {p['name']:<20} {ok}  requires {', '.join(p['requires']) or 'nothing'}")
+            print(
+                f"   {mark} {p['name']:<20} {ok}  requires {', '.join(p['requires']) or 'nothing'}"
+            )
     acts = s.get("actuators") or {}
     if acts:
         print()
@@ -127,7 +136,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as e:
         for p in e.problems:
-            print(f"{args.config}: {p}" if not p.startswith(str(args.config)) else p, file=sys.stderr)
+            print(
+                f"{args.config}: {p}" if not p.startswith(str(args.config)) else p, file=sys.stderr
+            )
         return 1
     print(f"{args.config}: ok ({len(cfg.trunks)} trunks, {len(cfg.routes)} route groups)")
     return 0
@@ -173,8 +184,16 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     codes = [c.strip() for c in args.ok_codes.split(",") if c.strip()]
     try:
-        return asyncio.run(ping(args.uri, count=args.count, interval=args.interval,
-                                timeout=args.timeout, ok_codes=codes, source_address=args.source))
+        return asyncio.run(
+            ping(
+                args.uri,
+                count=args.count,
+                interval=args.interval,
+                timeout=args.timeout,
+                ok_codes=codes,
+                source_address=args.source,
+            )
+        )
     except KeyboardInterrupt:
         return 130
 

@@ -172,7 +172,7 @@ class PathConfig(Strict):
     name: Name
     requires: list[str] = []
     remote: bool = False
-    actions: Actions = Actions()
+    actions: Actions = Field(default_factory=Actions)
 
 
 class RouteGroupConfig(Strict):
@@ -246,19 +246,21 @@ class Config(Strict):
     node: Name
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: str | None = None
-    control: ControlConfig = ControlConfig()
-    probe: ProbeSettings = ProbeSettings()
-    sip: SipSettings = SipSettings()
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
     trunks: dict[Name, TrunkConfig] = {}
     routes: dict[Name, RouteGroupConfig] = {}
-    actuators: ActuatorSettings = ActuatorSettings()
+    actuators: ActuatorSettings = Field(default_factory=ActuatorSettings)
     mqtt: MqttConfig | None = None
-    metrics: MetricsConfig | None = MetricsConfig()
+    metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
 
     def probe_for(self, trunk: str) -> ProbeSettings:
         """The trunk's effective probe settings: its overrides over the global defaults."""
         t = self.trunks[trunk]
-        own = {k: v for k, v in t.model_dump(exclude={"uri", "description"}).items() if v is not None}
+        own = {
+            k: v for k, v in t.model_dump(exclude={"uri", "description"}).items() if v is not None
+        }
         return self.probe.model_copy(update=own)
 
     def health_params(self) -> dict[str, HealthParams]:
@@ -340,7 +342,7 @@ def _pydantic_msg(err: Any) -> str:
         return "missing required key"
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     return str(msg)
 
 
@@ -351,9 +353,9 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
     problems: list[str] = []
     known = {f"trunk:{n}" for n in cfg.trunks}
     for name in cfg.trunks:
-        p = cfg.probe_for(name)
-        if p.fast_interval > p.interval:
-            msg = f"fast_interval {p.fast_interval:g}s is longer than interval {p.interval:g}s"
+        eff = cfg.probe_for(name)
+        if eff.fast_interval > eff.interval:
+            msg = f"fast_interval {eff.fast_interval:g}s is longer than interval {eff.interval:g}s"
             problems.append(lines.problem(("trunks", name), msg))
     for gname, g in cfg.routes.items():
         seen: set[str] = set()
@@ -366,7 +368,8 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
             for j, req in enumerate(p.requires):
                 kind, _, _ = req.partition(":")
                 if kind not in TARGET_KINDS:
-                    msg = f"bad target {req!r}: use kind:name with kind one of {', '.join(TARGET_KINDS)}"
+                    kinds = ", ".join(TARGET_KINDS)
+                    msg = f"bad target {req!r}: use kind:name with kind one of {kinds}"
                     problems.append(lines.problem((*loc, "requires", j), msg))
                 elif req not in known:
                     problems.append(lines.problem((*loc, "requires", j), f"unknown target {req!r}"))

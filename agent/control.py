@@ -117,9 +117,13 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
         try:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"no trunkguard daemon listening on {path} (is it running?)") from None
+            raise ControlError(
+                f"no trunkguard daemon listening on {path} (is it running?)"
+            ) from None
         except PermissionError:
-            raise ControlError(f"permission denied on {path}: run as root or the trunkguard user") from None
+            raise ControlError(
+                f"permission denied on {path}: run as root or the trunkguard user"
+            ) from None
         s.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):

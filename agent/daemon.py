@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -81,8 +82,14 @@ def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
 
 
 class Daemon:
-    def __init__(self, config_path: str, cfg: Config, *, observer: Observer | None = None,
-                 json_logs: bool | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        cfg: Config,
+        *,
+        observer: Observer | None = None,
+        json_logs: bool | None = None,
+    ) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.observer = observer
@@ -92,8 +99,7 @@ class Daemon:
         self.clock = time.monotonic
         self.started = self.clock()
         self.wall_offset = time.time() - self.started
-        self.metrics = Metrics()
-        self.metrics.build_info.labels(version=__version__).set(1)
+        self.metrics = Metrics(mqtt_enabled=cfg.mqtt is not None)
         self.engine = Engine(cfg.health_params(), cfg.group_specs())
         self.seq = 0
         self.last_outcome: dict[str, ProbeOutcome] = {}
@@ -105,6 +111,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._timer_wake = asyncio.Event()
+        self._save_wake = asyncio.Event()
         self._probe_wake: dict[str, asyncio.Event] = {}
         self._restore()
 
@@ -128,15 +135,25 @@ class Daemon:
                 g.pinned = path
 
     def _save(self) -> None:
-        saved = persist.Saved(
+        """Ask the writer task to persist; the fsync must never delay a reroute."""
+        self._save_wake.set()
+
+    def _saved_now(self) -> persist.Saved:
+        return persist.Saved(
             active={n: g.active for n, g in self.engine.groups.items() if g.active},
             pinned={n: g.pinned for n, g in self.engine.groups.items() if g.pinned},
             maintenance=[n for n, t in self.engine.targets.items() if t.maintenance],
         )
-        try:
-            persist.save(self.cfg.state_dir, saved)
-        except OSError as e:
-            self.log.error("cannot save state", error=str(e))
+
+    async def _writer(self) -> None:
+        """Persist intent off the event loop, coalescing bursts of changes."""
+        while True:
+            await self._save_wake.wait()
+            self._save_wake.clear()
+            try:
+                await asyncio.to_thread(persist.save, self.cfg.state_dir, self._saved_now())
+            except OSError as e:
+                self.log.error("cannot save state", error=str(e))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -145,8 +162,11 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig, ev in ((signal.SIGTERM, self._stop), (signal.SIGINT, self._stop),
-                        (signal.SIGHUP, self._reload)):
+        for sig, ev in (
+            (signal.SIGTERM, self._stop),
+            (signal.SIGINT, self._stop),
+            (signal.SIGHUP, self._reload),
+        ):
             loop.add_signal_handler(sig, ev.set)
         stop_metrics: Callable[[], None] | None = None
         control = ControlServer(self.cfg.control.socket, self._control, self.log)
@@ -161,11 +181,15 @@ class Daemon:
                 stop_metrics()
             return 1
         if self.cfg.mqtt is not None:
-            self.mqtt = MqttPublisher(self._mqtt_settings(), log=self.log,
-                                      on_connected=self._mqtt_state)
+            self.mqtt = MqttPublisher(
+                self._mqtt_settings(), log=self.log, on_connected=self._mqtt_state
+            )
         try:
             async with asyncio.TaskGroup() as tg:
-                background = [tg.create_task(self._supervise("loop-lag", self.metrics.watch_loop_lag))]
+                background = [
+                    tg.create_task(self._supervise("loop-lag", self.metrics.watch_loop_lag)),
+                    tg.create_task(self._supervise("state-writer", self._writer)),
+                ]
                 if self.mqtt is not None:
                     background.append(tg.create_task(self._supervise("mqtt", self.mqtt.run)))
                 wd = systemd.watchdog_interval()
@@ -174,9 +198,14 @@ class Daemon:
                 gen = tg.create_task(self._generation())
                 self._publish_state()
                 systemd.ready(f"probing {len(self.cfg.trunks)} trunks")
-                self.log.info("started", version=__version__, site=self.cfg.site,
-                              node=self.cfg.node, trunks=len(self.cfg.trunks),
-                              groups=len(self.cfg.routes))
+                self.log.info(
+                    "started",
+                    version=__version__,
+                    site=self.cfg.site,
+                    node=self.cfg.node,
+                    trunks=len(self.cfg.trunks),
+                    groups=len(self.cfg.routes),
+                )
                 while not self._stop.is_set():
                     waiter = tg.create_task(self._stop.wait())
                     reloader = tg.create_task(self._reload.wait())
@@ -193,6 +222,11 @@ class Daemon:
                 systemd.stopping()
                 self.log.info("stopping: routes are left as they are")
                 gen.cancel()
+                if self._save_wake.is_set():
+                    try:
+                        await asyncio.to_thread(persist.save, self.cfg.state_dir, self._saved_now())
+                    except OSError as e:
+                        self.log.error("cannot save state", error=str(e))
                 if self.mqtt is not None:
                     self._publish_state()
                     await self.mqtt.stop()
@@ -211,11 +245,20 @@ class Daemon:
         assert m is not None
         tls = m.tls
         return MqttSettings(
-            host=m.host, port=m.port, site=self.cfg.site, node=self.cfg.node, prefix=m.prefix,
-            username=m.username, password=m.secret(), client_id=m.client_id,
+            host=m.host,
+            port=m.port,
+            site=self.cfg.site,
+            node=self.cfg.node,
+            prefix=m.prefix,
+            username=m.username,
+            password=m.secret(),
+            client_id=m.client_id,
             keepalive=m.keepalive,
-            tls_ca_file=tls.ca_file if tls else None, tls_cert_file=tls.cert_file if tls else None,
-            tls_key_file=tls.key_file if tls else None, tls_insecure=tls.insecure if tls else False,
+            tls_ca_file=tls.ca_file if tls else None,
+            tls_cert_file=tls.cert_file if tls else None,
+            tls_key_file=tls.key_file if tls else None,
+            tls_insecure=tls.insecure if tls else False,
+            tls=tls is not None,
         )
 
     def _mqtt_state(self, up: bool) -> None:
@@ -265,14 +308,21 @@ class Daemon:
         if self.prober is not None:
             self.prober.close()
         self.prober = UdpProber(
-            user_agent=cfg.sip.user_agent, source_address=cfg.sip.source_address,
-            source_port=cfg.sip.source_port, t1=cfg.sip.t1, on_unmatched=self._unmatched,
+            user_agent=cfg.sip.user_agent,
+            source_address=cfg.sip.source_address,
+            source_port=cfg.sip.source_port,
+            t1=cfg.sip.t1,
+            on_unmatched=self._unmatched,
         )
         env = {"TRUNKGUARD_SITE": cfg.site, "TRUNKGUARD_NODE": cfg.node}
         self.convergers = [
-            Converger(a, drift_interval=cfg.actuators.drift_interval,
-                      backoff_initial=cfg.actuators.backoff_initial,
-                      backoff_max=cfg.actuators.backoff_max, on_report=self._on_report)
+            Converger(
+                a,
+                drift_interval=cfg.actuators.drift_interval,
+                backoff_initial=cfg.actuators.backoff_initial,
+                backoff_max=cfg.actuators.backoff_max,
+                on_report=self._on_report,
+            )
             for a in build_actuators(cfg, env)
         ]
         self.pushed = {}
@@ -281,7 +331,9 @@ class Daemon:
                 for c in self.convergers:
                     tg.create_task(self._supervise(f"actuator {c.actuator.name}", c.run))
                 for name in cfg.trunks:
-                    tg.create_task(self._supervise(f"probe {name}", lambda n=name: self._probe_loop(n)))
+                    tg.create_task(
+                        self._supervise(f"probe {name}", functools.partial(self._probe_loop, name))
+                    )
                 tg.create_task(self._supervise("timers", self._timer_loop))
                 self._push_desired()
         finally:
@@ -292,8 +344,12 @@ class Daemon:
     async def _probe_loop(self, trunk: str) -> None:
         target = f"trunk:{trunk}"
         p = self.cfg.probe_for(trunk)
-        run = _TrunkRun(parse_uri(self.cfg.trunks[trunk].uri), p.timeout,
-                        OkCodes.parse(p.ok_codes), p.retry_after_cap)
+        run = _TrunkRun(
+            parse_uri(self.cfg.trunks[trunk].uri),
+            p.timeout,
+            OkCodes.parse(p.ok_codes),
+            p.retry_after_cap,
+        )
         wake = self._probe_wake.setdefault(target, asyncio.Event())
         last_start = float("-inf")
         async with asyncio.TaskGroup() as probes:
@@ -324,13 +380,21 @@ class Daemon:
             m.sip_options_responses_total.labels(trunk=trunk, code=str(outcome.code)).inc()
             if outcome.rtt is not None:
                 m.sip_options_rtt_seconds.labels(trunk=trunk).observe(outcome.rtt)
-        verdict = classify(outcome, target=target, ok_codes=run.ok_codes,
-                           retry_after_cap=run.retry_after_cap)
+        verdict = classify(
+            outcome, target=target, ok_codes=run.ok_codes, retry_after_cap=run.retry_after_cap
+        )
         if not verdict.ok:
             reason = "status" if outcome.reason == "response" else outcome.reason
             m.probe_failures_total.labels(trunk=trunk, reason=reason).inc()
-        self._observe("probe", target=target, ok=verdict.ok, reason=verdict.reason,
-                      code=outcome.code, rtt=outcome.rtt, at=outcome.at)
+        self._observe(
+            "probe",
+            target=target,
+            ok=verdict.ok,
+            reason=verdict.reason,
+            code=outcome.code,
+            rtt=outcome.rtt,
+            at=outcome.at,
+        )
         self._handle(self.engine.observe(verdict))
         self._probe_wake[target].set()
 
@@ -359,22 +423,29 @@ class Daemon:
             self._on_decision(d)
         self._push_desired()
         if step:
-            if step.decisions or any(t.new is State.MAINTENANCE or t.old is State.MAINTENANCE
-                                     for t in step.transitions):
+            if step.decisions or any(
+                t.new is State.MAINTENANCE or t.old is State.MAINTENANCE for t in step.transitions
+            ):
                 self._save()
             self._publish_state()
         self._timer_wake.set()
 
     def _on_transition(self, t: Transition) -> None:
         kind, _, name = t.target.partition(":")
-        self.log.info("target transition", target=t.target, old=t.old.value, new=t.new.value,
-                      reason=t.reason)
+        self.log.info(
+            "target transition", target=t.target, old=t.old.value, new=t.new.value, reason=t.reason
+        )
         m = self.metrics
         m.set_target_state(kind, name, t.new.value, STATES)
         m.target_up.labels(kind=kind, name=name).set(1 if t.new is State.UP else 0)
         m.transitions_total.labels(kind=kind, name=name, to=t.new.value).inc()
-        payload = {"target": t.target, "old": t.old.value, "new": t.new.value,
-                   "reason": t.reason, "at": self._wall(t.at)}
+        payload = {
+            "target": t.target,
+            "old": t.old.value,
+            "new": t.new.value,
+            "reason": t.reason,
+            "at": self._wall(t.at),
+        }
         if self.mqtt:
             self.mqtt.publish(f"{kind}s/{name}", self._target_json(t.target), retain=True)
             self.mqtt.publish("events", {"type": "transition", **payload})
@@ -382,18 +453,31 @@ class Daemon:
 
     def _on_decision(self, d: Decision) -> None:
         g = self.engine.groups[d.group]
-        self.log.warning("route change", group=d.group, old=d.old_path, new=d.new_path,
-                         kind=d.kind, reason=d.reason)
+        self.log.warning(
+            "route change",
+            group=d.group,
+            old=d.old_path,
+            new=d.new_path,
+            kind=d.kind,
+            reason=d.reason,
+        )
         m = self.metrics
         m.set_active_path(d.group, [p.name for p in g.spec.paths], d.new_path)
         if d.kind == "failover":
             m.failovers_total.labels(group=d.group).inc()
         elif d.kind == "failback":
             m.failbacks_total.labels(group=d.group).inc()
-        self.pending[d.group] = _Pending(d.new_path, d.cause_at, d.at,
-                                         {c.actuator.name for c in self.convergers})
-        payload = {"group": d.group, "old": d.old_path, "new": d.new_path, "kind": d.kind,
-                   "reason": d.reason, "at": self._wall(d.at)}
+        self.pending[d.group] = _Pending(
+            d.new_path, d.cause_at, d.at, {c.actuator.name for c in self.convergers}
+        )
+        payload = {
+            "group": d.group,
+            "old": d.old_path,
+            "new": d.new_path,
+            "kind": d.kind,
+            "reason": d.reason,
+            "at": self._wall(d.at),
+        }
         if self.mqtt:
             self.mqtt.publish(f"routes/{d.group}", self._route_json(d.group), retain=True)
             self.mqtt.publish("events", {"type": "route", **payload})
@@ -416,9 +500,16 @@ class Daemon:
         m.actuator_converged.labels(actuator=r.actuator).set(1 if r.ok else 0)
         m.actuator_apply_seconds.labels(actuator=r.actuator).observe(r.finished_at - r.started_at)
         if not r.ok:
-            m.actuator_errors_total.labels(actuator=r.actuator, reason=r.error_reason or "error").inc()
-            self.log.error("actuator failed, will retry", actuator=r.actuator,
-                           reason=r.error_reason, error=r.error, attempt=r.attempt)
+            m.actuator_errors_total.labels(
+                actuator=r.actuator, reason=r.error_reason or "error"
+            ).inc()
+            self.log.error(
+                "actuator failed, will retry",
+                actuator=r.actuator,
+                reason=r.error_reason,
+                error=r.error,
+                attempt=r.attempt,
+            )
             return
         if r.trigger == "drift" and r.changed:
             self.log.warning("routing drifted and was re-applied", actuator=r.actuator)
@@ -434,11 +525,21 @@ class Daemon:
             return
         reroute = at - pend.cause_at
         self.metrics.reroute_seconds.labels(group=group).observe(max(reroute, 0.0))
-        self.log.info("route applied", group=group, path=pend.path,
-                      apply_ms=round((at - pend.decided_at) * 1000, 2),
-                      reroute_ms=round(reroute * 1000, 1))
-        self._observe("applied", group=group, path=pend.path, mono=at,
-                      apply_ms=(at - pend.decided_at) * 1000, reroute_ms=reroute * 1000)
+        self.log.info(
+            "route applied",
+            group=group,
+            path=pend.path,
+            apply_ms=round((at - pend.decided_at) * 1000, 2),
+            reroute_ms=round(reroute * 1000, 1),
+        )
+        self._observe(
+            "applied",
+            group=group,
+            path=pend.path,
+            mono=at,
+            apply_ms=(at - pend.decided_at) * 1000,
+            reroute_ms=reroute * 1000,
+        )
 
     def _observe(self, what: str, **fields: Any) -> None:
         if self.observer is not None:
@@ -448,12 +549,16 @@ class Daemon:
 
     def _wall(self, mono: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mono + self.wall_offset)) + (
-            f".{int(((mono + self.wall_offset) % 1) * 1000):03d}Z")
+            f".{int(((mono + self.wall_offset) % 1) * 1000):03d}Z"
+        )
 
     def _target_json(self, target: str) -> dict[str, Any]:
         th = self.engine.targets[target]
-        out: dict[str, Any] = {"state": th.state.value, "since": self._wall(th.since),
-                               "reason": th.reason}
+        out: dict[str, Any] = {
+            "state": th.state.value,
+            "since": self._wall(th.since),
+            "reason": th.reason,
+        }
         o = self.last_outcome.get(target)
         if o is not None:
             out["last_code"] = o.code
@@ -466,18 +571,32 @@ class Daemon:
         g = self.engine.groups[group]
         states = self.engine.states()
         return {
-            "active": g.active, "pinned": g.pinned, "alarm": g.alarm, "ready": g.ready,
-            "failback": g.spec.failback, "hold_s": g.spec.hold,
-            "paths": [{"name": p.name, "remote": p.remote, "requires": list(p.requires),
-                       "qualifies": all(states.get(t) is State.UP for t in p.requires)}
-                      for p in g.spec.paths],
+            "active": g.active,
+            "pinned": g.pinned,
+            "alarm": g.alarm,
+            "ready": g.ready,
+            "failback": g.spec.failback,
+            "hold_s": g.spec.hold,
+            "paths": [
+                {
+                    "name": p.name,
+                    "remote": p.remote,
+                    "requires": list(p.requires),
+                    "qualifies": all(states.get(t) is State.UP for t in p.requires),
+                }
+                for p in g.spec.paths
+            ],
         }
 
     def snapshot(self) -> dict[str, Any]:
         self.seq += 1
         return {
-            "schema": 1, "seq": self.seq, "site": self.cfg.site, "node": self.cfg.node,
-            "version": __version__, "uptime_s": round(self.clock() - self.started, 1),
+            "schema": 1,
+            "seq": self.seq,
+            "site": self.cfg.site,
+            "node": self.cfg.node,
+            "version": __version__,
+            "uptime_s": round(self.clock() - self.started, 1),
             "targets": {t: self._target_json(t) for t in self.engine.targets},
             "routes": {g: self._route_json(g) for g in self.engine.groups},
             "actuators": {c.actuator.name: {"converged": c.converged} for c in self.convergers},
@@ -506,11 +625,15 @@ class Daemon:
                 raise ControlError(f"unknown command {cmd!r}")
         except (KeyError, ValueError) as e:
             raise ControlError(str(e.args[0] if e.args else e)) from None
-        self.log.warning("operator command", cmd=cmd, **{k: v for k, v in req.items() if k != "cmd"})
+        self.log.warning(
+            "operator command", cmd=cmd, **{k: v for k, v in req.items() if k != "cmd"}
+        )
         self._handle(step)
         self._save()
-        return {"decisions": [d.new_path for d in step.decisions],
-                "routes": {g: self.engine.groups[g].active for g in self.engine.groups}}
+        return {
+            "decisions": [d.new_path for d in step.decisions],
+            "routes": {g: self.engine.groups[g].active for g in self.engine.groups},
+        }
 
     def _resolve_target(self, name: str) -> str:
         if name in self.engine.targets:
@@ -518,8 +641,11 @@ class Daemon:
         matches = [t for t in self.engine.targets if t.partition(":")[2] == name]
         if len(matches) == 1:
             return matches[0]
-        raise KeyError(f"unknown target {name!r}" if not matches else
-                       f"ambiguous target {name!r}: use one of {', '.join(matches)}")
+        raise KeyError(
+            f"unknown target {name!r}"
+            if not matches
+            else f"ambiguous target {name!r}: use one of {', '.join(matches)}"
+        )
 
 
 async def run_daemon(config_path: str, cfg: Config, **kw: Any) -> int:

@@ -51,9 +51,14 @@ def save(state_dir: str | None, saved: Saved) -> None:
     d = Path(state_dir)
     d.mkdir(parents=True, exist_ok=True, mode=0o750)
     body = json.dumps(
-        {"schema": SCHEMA, "active": saved.active, "pinned": saved.pinned,
-         "maintenance": sorted(saved.maintenance)},
-        indent=1, sort_keys=True,
+        {
+            "schema": SCHEMA,
+            "active": saved.active,
+            "pinned": saved.pinned,
+            "maintenance": sorted(saved.maintenance),
+        },
+        indent=1,
+        sort_keys=True,
     )
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".state.", suffix=".tmp")
     try:

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,9 @@ class RouteWatch:
     """`ip monitor route` in a namespace; remembers when each gateway was installed."""
 
     def __init__(self, netns: str) -> None:
-        self.proc = subprocess.Popen(["ip", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            ["ip", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         self.seen: list[tuple[float, str]] = []
         self.cv = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -87,8 +87,9 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     s = SETTINGS
-    bound = detection_bound(HealthParams(s["interval"], s["fast_interval"], s["rise"], s["fall"]),
-                            s["timeout"])
+    bound = detection_bound(
+        HealthParams(s["interval"], s["fast_interval"], s["rise"], s["fall"]), s["timeout"]
+    )
     worst = bound + APPLY_ALLOWANCE
     silence_to_route: list[float] = []
     decision_to_applied: list[float] = []
@@ -108,8 +109,11 @@ def main() -> int:
                 applied = agent.wait_for(agent.applied("carrier-b"), 5, "applied", since=mark)
                 silence_to_route.append(t_route - t0)
                 decision_to_applied.append(applied["apply_ms"] / 1000)
-                print(f"trial {i + 1:2d}: silence -> route via B {1000 * (t_route - t0):7.1f} ms, "
-                      f"decision -> applied {applied['apply_ms']:.2f} ms", flush=True)
+                print(
+                    f"trial {i + 1:2d}: silence -> route via B {1000 * (t_route - t0):7.1f} ms, "
+                    f"decision -> applied {applied['apply_ms']:.2f} ms",
+                    flush=True,
+                )
                 mark = agent.mark()
                 t1 = time.monotonic()
                 lab.carrier_a.undrop()
@@ -119,30 +123,56 @@ def main() -> int:
             agent.stop()
             watch.close()
     rows = {
-        "silence_to_route_s": {"p50": pct(silence_to_route, 50), "p95": pct(silence_to_route, 95),
-                               "max": max(silence_to_route), "min": min(silence_to_route)},
-        "decision_to_applied_s": {"p50": pct(decision_to_applied, 50),
-                                  "p95": pct(decision_to_applied, 95),
-                                  "max": max(decision_to_applied)},
+        "silence_to_route_s": {
+            "p50": pct(silence_to_route, 50),
+            "p95": pct(silence_to_route, 95),
+            "max": max(silence_to_route),
+            "min": min(silence_to_route),
+        },
+        "decision_to_applied_s": {
+            "p50": pct(decision_to_applied, 50),
+            "p95": pct(decision_to_applied, 95),
+            "max": max(decision_to_applied),
+        },
     }
-    ok = (rows["silence_to_route_s"]["p95"] <= 2.5 and rows["silence_to_route_s"]["max"] <= worst
-          and rows["decision_to_applied_s"]["max"] <= 0.010)
+    ok = (
+        rows["silence_to_route_s"]["p95"] <= 2.5
+        and rows["silence_to_route_s"]["max"] <= worst
+        and rows["decision_to_applied_s"]["max"] <= 0.010
+    )
     print()
     print(f"{'measure':<28} {'p50':>9} {'p95':>9} {'max':>9}")
     for name, r in rows.items():
-        print(f"{name:<28} {r['p50'] * 1000:>7.1f}ms {r['p95'] * 1000:>7.1f}ms {r['max'] * 1000:>7.1f}ms")
-    print(f"{'documented worst case':<28} {worst * 1000:>29.1f}ms  "
-          f"(interval + timeout + max(timeout, fast) + (fall-2)*fast + 10 ms apply)")
-    print("anchors (defaults, not measured here): Kamailio dispatcher ~30 s, Acme Packet 32 s, "
-          "keepalived 3.5 s")
-    print(f"targets: p95 <= 2500 ms, max <= worst case, decision->applied <= 10 ms: "
-          f"{'MET' if ok else 'NOT MET'}")
+        print(
+            f"{name:<28} {r['p50'] * 1000:>7.1f}ms {r['p95'] * 1000:>7.1f}ms "
+            f"{r['max'] * 1000:>7.1f}ms"
+        )
+    print(
+        f"{'documented worst case':<28} {worst * 1000:>29.1f}ms  "
+        f"(interval + timeout + max(timeout, fast) + (fall-2)*fast + 10 ms apply)"
+    )
+    print(
+        "anchors (defaults, not measured here): Kamailio dispatcher ~30 s, Acme Packet 32 s, "
+        "keepalived 3.5 s"
+    )
+    print(
+        f"targets: p95 <= 2500 ms, max <= worst case, decision->applied <= 10 ms: "
+        f"{'MET' if ok else 'NOT MET'}"
+    )
     out = {
-        "benchmark": "failover", "trials": args.trials, "settings": s,
-        "documented_worst_case_s": worst, "detection_bound_s": bound, **rows,
-        "targets_met": ok, "samples_silence_to_route_s": silence_to_route,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                    "kernel": platform.release()},
+        "benchmark": "failover",
+        "trials": args.trials,
+        "settings": s,
+        "documented_worst_case_s": worst,
+        "detection_bound_s": bound,
+        **rows,
+        "targets_met": ok,
+        "samples_silence_to_route_s": silence_to_route,
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        },
         "date": time.strftime("%Y-%m-%d"),
     }
     res = ROOT / "bench/results/failover.json"

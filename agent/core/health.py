@@ -94,7 +94,9 @@ class TargetHealth:
         self.maintenance = on
         if on:
             return self._move(State.MAINTENANCE, at, "maintenance on (operator)")
-        return self._move(self.probed_state, at, f"maintenance off (operator), probes say {self.probed_state}")
+        return self._move(
+            self.probed_state, at, f"maintenance off (operator), probes say {self.probed_state}"
+        )
 
     def reset(self, params: HealthParams) -> None:
         """New settings on reload: keep the state, restart the streaks."""

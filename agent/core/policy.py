@@ -100,7 +100,9 @@ class GroupPolicy:
         if self.active is None:
             return self._switch(best, now, cause, "initial", "first verdicts in")
         if self.active not in names:
-            return self._switch(best, now, cause, "failover", f"{self.active} lost: {self._why(states)}")
+            return self._switch(
+                best, now, cause, "failover", f"{self.active} lost: {self._why(states)}"
+            )
         if best != self.active and self.spec.failback == "auto":
             due = self._failback_due(best)
             if due is not None and now >= due:
@@ -110,8 +112,11 @@ class GroupPolicy:
 
     def _why(self, states: Mapping[str, State]) -> str:
         path = self.spec.paths[self._index(self.active)]
-        bad = [f"{t} {states.get(t, State.UNKNOWN)}" for t in path.requires
-               if states.get(t) is not State.UP]
+        bad = [
+            f"{t} {states.get(t, State.UNKNOWN)}"
+            for t in path.requires
+            if states.get(t) is not State.UP
+        ]
         return ", ".join(bad) or "requirements no longer hold"
 
     def _failback_due(self, best: str) -> float | None:
@@ -150,7 +155,9 @@ class GroupPolicy:
             return None
         return self._switch(ok[0].name, now, now, "manual", "failback by operator")
 
-    def _switch(self, new: str, now: float, cause: float, kind: str, reason: str) -> Decision | None:
+    def _switch(
+        self, new: str, now: float, cause: float, kind: str, reason: str
+    ) -> Decision | None:
         if new == self.active:
             return None
         d = Decision(self.spec.name, self.active, new, now, kind, reason, cause)

@@ -28,8 +28,14 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
     with two_carriers(tmp_path) as lab:
         cfg = lab.config(hold="2s")
         sock = str(tmp_path / "control.sock")
-        agent = Agent(cfg, netns=lab.agent.name,
-                      env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        agent = Agent(
+            cfg,
+            netns=lab.agent.name,
+            env={
+                "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            },
+        )
         try:
             assert b"READY=1" in notify.recv(4096)
             agent.wait_for(agent.applied("carrier-a"), 15, "initial route via carrier A")
@@ -38,9 +44,16 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             # Carrier A goes silent (no ICMP, the deadline path): the route moves to B.
             mark = agent.mark()
             lab.carrier_a.drop_udp_in(5060)
-            down = agent.wait_for(lambda e: e.get("event") == "target transition"
-                                  and e.get("target") == "trunk:carrier-a" and e.get("new") == "down",
-                                  15, "carrier A down", since=mark)
+            down = agent.wait_for(
+                lambda e: (
+                    e.get("event") == "target transition"
+                    and e.get("target") == "trunk:carrier-a"
+                    and e.get("new") == "down"
+                ),
+                15,
+                "carrier A down",
+                since=mark,
+            )
             assert "3 consecutive failures" in down["reason"] and "timeout" in down["reason"]
             agent.wait_for(agent.applied("carrier-b"), 5, "route via carrier B", since=mark)
             assert lab.gateway() == GW_B
@@ -48,11 +61,22 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             # A recovers: failback only after `hold` of continuous health.
             mark = agent.mark()
             lab.carrier_a.undrop()
-            up = agent.wait_for(lambda e: e.get("event") == "target transition"
-                                and e.get("target") == "trunk:carrier-a" and e.get("new") == "up",
-                                15, "carrier A up", since=mark)
-            back = agent.wait_for(lambda e: e.get("event") == "route change" and e.get("kind") == "failback",
-                                  15, "failback", since=mark)
+            up = agent.wait_for(
+                lambda e: (
+                    e.get("event") == "target transition"
+                    and e.get("target") == "trunk:carrier-a"
+                    and e.get("new") == "up"
+                ),
+                15,
+                "carrier A up",
+                since=mark,
+            )
+            back = agent.wait_for(
+                lambda e: e.get("event") == "route change" and e.get("kind") == "failback",
+                15,
+                "failback",
+                since=mark,
+            )
             assert (ts(back) - ts(up)).total_seconds() >= 2.0 - 0.05
             agent.wait_for(agent.applied("carrier-a"), 5, "route back via A", since=mark)
             assert lab.gateway() == GW_A
@@ -71,7 +95,10 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             agent.wait_for(agent.applied("carrier-b"), 5, "pinned to B", since=mark)
             assert lab.gateway() == GW_B
             r = cli("failover", "outbound", "nowhere", "--socket", sock, netns=lab.agent.name)
-            assert r.returncode == 1 and r.stderr.strip() == "trunkguard: group outbound has no path 'nowhere'"
+            assert (
+                r.returncode == 1
+                and r.stderr.strip() == "trunkguard: group outbound has no path 'nowhere'"
+            )
             mark = agent.mark()
             r = cli("failback", "outbound", "--socket", sock, netns=lab.agent.name)
             assert r.returncode == 0, r.stderr
@@ -83,8 +110,12 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             r = cli("maintenance", "carrier-a", "off", "--socket", sock, netns=lab.agent.name)
             assert r.returncode == 0, r.stderr
 
-            metrics = lab.agent.sh("python3", "-c", "import urllib.request;print(urllib.request."
-                                   "urlopen('http://127.0.0.1:9464/metrics').read().decode())").stdout
+            metrics = lab.agent.sh(
+                "python3",
+                "-c",
+                "import urllib.request;print(urllib.request."
+                "urlopen('http://127.0.0.1:9464/metrics').read().decode())",
+            ).stdout
             assert 'trunkguard_failovers_total{group="outbound"} 2.0' in metrics
             assert 'trunkguard_route_active_path{group="outbound",path="carrier-a"}' in metrics
             assert 'trunkguard_target_up{kind="trunk",name="carrier-b"} 1.0' in metrics
@@ -100,10 +131,20 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
         # the persisted active path is kept (no initial flap).
         agent = Agent(cfg, netns=lab.agent.name)
         try:
-            agent.wait_for(lambda e: e.get("event") == "target transition"
-                           and e.get("target") == "trunk:carrier-b", 15, "first verdict")
-            agent.wait_for(lambda e: e.get("event") == "target transition"
-                           and e.get("target") == "trunk:carrier-a", 15, "first verdict")
+            agent.wait_for(
+                lambda e: (
+                    e.get("event") == "target transition" and e.get("target") == "trunk:carrier-b"
+                ),
+                15,
+                "first verdict",
+            )
+            agent.wait_for(
+                lambda e: (
+                    e.get("event") == "target transition" and e.get("target") == "trunk:carrier-a"
+                ),
+                15,
+                "first verdict",
+            )
             assert lab.gateway() == gw_at_stop
         finally:
             assert agent.stop() == 0
@@ -122,8 +163,12 @@ def test_reload_rejects_bad_config_and_applies_good(tmp_path: Path) -> None:
             cfg.write_text(good.replace("hold: 1s", "hold: 1"))
             mark = agent.mark()
             agent.signal(signal.SIGHUP)
-            bad = agent.wait_for(lambda e: e.get("event") == "reload rejected, keeping the running config",
-                                 10, "reload rejected", since=mark)
+            bad = agent.wait_for(
+                lambda e: e.get("event") == "reload rejected, keeping the running config",
+                10,
+                "reload rejected",
+                since=mark,
+            )
             assert "routes.outbound.hold" in bad["problem"]
             cfg.write_text(good.replace("fall: 3", "fall: 1"))
             mark = agent.mark()
@@ -132,8 +177,12 @@ def test_reload_rejects_bad_config_and_applies_good(tmp_path: Path) -> None:
             # Still probing and routing after the reload; a single lost probe now fails over.
             mark = agent.mark()
             lab.carrier_a.drop_udp_in(5060)
-            down = agent.wait_for(lambda e: e.get("event") == "target transition"
-                                  and e.get("new") == "down", 10, "down after reload", since=mark)
+            down = agent.wait_for(
+                lambda e: e.get("event") == "target transition" and e.get("new") == "down",
+                10,
+                "down after reload",
+                since=mark,
+            )
             assert "1 consecutive failures" in down["reason"]
             agent.wait_for(agent.applied("carrier-b"), 5, "failover after reload", since=mark)
             assert lab.gateway() == GW_B

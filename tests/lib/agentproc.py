@@ -17,7 +17,9 @@ Event = dict[str, Any]
 
 
 class Agent:
-    def __init__(self, config: Path, netns: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, netns: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         argv = [sys.executable, "-m", "agent", "run", "-c", str(config), "--log-format", "json"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
@@ -25,8 +27,14 @@ class Agent:
         self.events: list[Event] = []
         self.raw: list[str] = []
         self._q: queue.Queue[Event | None] = queue.Queue()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True, env=env)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -47,8 +55,9 @@ class Agent:
         self.drain()
         return len(self.events)
 
-    def wait_for(self, pred: Callable[[Event], bool], timeout: float, what: str,
-                 since: int = 0) -> Event:
+    def wait_for(
+        self, pred: Callable[[Event], bool], timeout: float, what: str, since: int = 0
+    ) -> Event:
         """Block until a log event matches; events already read from `since` on count too."""
         for ev in self.events[since:]:
             if pred(ev):
@@ -57,7 +66,9 @@ class Agent:
         while True:
             left = end - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no {what} within {timeout}s; log tail:\n{''.join(self.raw[-15:])}")
+                raise TimeoutError(
+                    f"no {what} within {timeout}s; log tail:\n{''.join(self.raw[-15:])}"
+                )
             try:
                 ev = self._q.get(timeout=left)
             except queue.Empty:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.lib import procs
@@ -23,6 +24,7 @@ class Broker:
         self.port = port
         self.log = conf.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls: TlsFiles | None = None
 
     def start(self, timeout: float = 10) -> None:
         assert self.proc is None, "broker already running"
@@ -48,16 +50,77 @@ class Broker:
             procs.stop(self.proc)
             self.proc = None
 
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): its connections are reset, nothing is sent."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def signal(self, sig: int) -> None:
+        """E.g. SIGSTOP to freeze the broker with connections open, SIGCONT to resume."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
     def restart(self) -> None:
         self.stop()
         self.start()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls(tmp: Path, san: str = "IP:127.0.0.1") -> TlsFiles:
+    """A throwaway CA and a server certificate for `san`, made with the openssl CLI."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, crt = (
+        tmp / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt")
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ext = tmp / "ext.cnf"
+    ext.write_text(f"subjectAltName={san}\n")
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=tg-ca"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=tg-broker"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            crt,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
+    return TlsFiles(ca, crt, key)
+
+
 def _config(
-    tmp: Path, host: str, port: int, users: dict[str, str] | None, acl: str | None, extra_conf: str
+    tmp: Path,
+    host: str,
+    port: int,
+    users: dict[str, str] | None,
+    acl: str | None,
+    extra_conf: str,
+    tls: TlsFiles | None,
 ) -> Path:
-    lines = [
-        f"listener {port} {host}",
+    lines = [f"listener {port} {host}"]
+    if tls is not None:  # listener options must follow their listener line
+        lines += [f"cafile {tls.ca_file}", f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+    lines += [
         "persistence false",
         "log_dest stderr",
         "log_type error",
@@ -93,18 +156,24 @@ def _config(
 
 @contextmanager
 def broker(
-    tmp: Path, *, users: dict[str, str] | None = None, acl: str | None = None, extra_conf: str = ""
+    tmp: Path,
+    *,
+    users: dict[str, str] | None = None,
+    acl: str | None = None,
+    extra_conf: str = "",
+    tls: TlsFiles | None = None,
 ) -> Iterator[Broker]:
     """Start mosquitto on 127.0.0.1:<free port>; stopped by PID at exit.
 
     users: name -> password (anonymous access is then refused); acl: acl_file text;
-    extra_conf: more mosquitto.conf lines (e.g. a TLS listener).
+    extra_conf: more mosquitto.conf lines; tls: serve MQTT over TLS (see make_tls()).
     """
     host = "127.0.0.1"
     port = procs.free_port(socket.SOCK_STREAM, host)
     workdir = tmp / f"mosquitto_{port}"
     workdir.mkdir(parents=True)
-    b = Broker(_config(workdir, host, port, users, acl, extra_conf), host, port)
+    b = Broker(_config(workdir, host, port, users, acl, extra_conf, tls), host, port)
+    b.tls = tls
     b.start()
     try:
         yield b

@@ -10,14 +10,18 @@ import itertools
 import os
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 PREFIX = f"tg{os.getpid() % 100000}"
 _counter = itertools.count()
 
 
-def run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, input=input, timeout=30)
+def run(
+    *argv: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, check=check, capture_output=True, text=True, input=input, timeout=30
+    )
 
 
 def unique(tag: str) -> str:
@@ -37,7 +41,9 @@ class Netns:
     def exec_argv(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
-    def sh(self, *argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, *argv: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run(*self.exec_argv(*argv), check=check, input=input)
 
     def nft(self, script: str) -> None:
@@ -57,17 +63,29 @@ class Netns:
         # Kill anything still running inside before the namespace goes away.
         pids = run("ip", "netns", "pids", self.name, check=False).stdout.split()
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
         run("ip", "netns", "delete", self.name, check=False)
 
 
 def veth(a: Netns, a_addr: str, b: Netns, b_addr: str) -> tuple[str, str]:
     """Connect two namespaces with a veth pair; addresses in CIDR form. Returns the names."""
     ia, ib = unique("a"), unique("b")
-    run("ip", "link", "add", ia, "netns", a.name, "type", "veth", "peer", "name", ib, "netns", b.name)
+    run(
+        "ip",
+        "link",
+        "add",
+        ia,
+        "netns",
+        a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ib,
+        "netns",
+        b.name,
+    )
     a.ip("addr", "add", a_addr, "dev", ia)
     b.ip("addr", "add", b_addr, "dev", ib)
     a.ip("link", "set", ia, "up")

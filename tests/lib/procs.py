@@ -55,10 +55,18 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float =
 
 
 @contextmanager
-def started(argv: list[str], log: Path | None = None, **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+def started(
+    argv: list[str], log: Path | None = None, **kw: object
+) -> Iterator[subprocess.Popen[bytes]]:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **kw.pop("env", {})}, **kw)  # type: ignore[arg-type]
+    proc = subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **kw.pop("env", {})},
+        **kw,
+    )  # type: ignore[arg-type]
     try:
         yield proc
     finally:

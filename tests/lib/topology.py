@@ -24,15 +24,25 @@ class Lab:
     carrier_b: Netns
     tmp: Path
 
-    def config(self, *, hold: str = "2s", interval: str = "1s", fast: str = "200ms",
-               timeout: str = "500ms", rise: int = 2, fall: int = 3, extra: str = "") -> Path:
+    def config(
+        self,
+        *,
+        hold: str = "2s",
+        interval: str = "1s",
+        fast: str = "200ms",
+        timeout: str = "500ms",
+        rise: int = 2,
+        fall: int = 3,
+        extra: str = "",
+    ) -> Path:
         text = f"""\
 site: lab
 node: agent
 state_dir: {self.tmp}/state
 control: {{socket: {self.tmp}/control.sock}}
 metrics: {{listen: "127.0.0.1:9464"}}
-probe: {{interval: {interval}, fast_interval: {fast}, timeout: {timeout}, rise: {rise}, fall: {fall}}}
+probe:
+  {{interval: {interval}, fast_interval: {fast}, timeout: {timeout}, rise: {rise}, fall: {fall}}}
 trunks:
   carrier-a: {{uri: "sip:{GW_A}:5060"}}
   carrier-b: {{uri: "sip:{GW_B}:5060"}}

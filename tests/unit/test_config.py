@@ -47,7 +47,9 @@ def test_good_config_and_overrides() -> None:
     assert g.hold == 10.0 and [p.name for p in g.paths] == ["a", "b"]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("2s", 2), ("1m", 60), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("2s", 2), ("1m", 60), ("1.5h", 5400)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -81,10 +83,14 @@ def test_missing_key_and_duplicate_key() -> None:
 
 
 def test_paths_must_route_same_prefixes() -> None:
-    text = GOOD.replace("dst: 203.0.113.0/24, gateway: 198.51.100.1", "dst: 203.0.113.0/25, gateway: 198.51.100.1")
+    text = GOOD.replace(
+        "dst: 203.0.113.0/24, gateway: 198.51.100.1", "dst: 203.0.113.0/25, gateway: 198.51.100.1"
+    )
     got = problems(text)
-    assert got == ["routes.outbound.paths[1].actions.netlink: must route the same prefixes "
-                   "(dst/table/metric) as paths[0] (line 15)"]
+    assert got == [
+        "routes.outbound.paths[1].actions.netlink: must route the same prefixes "
+        "(dst/table/metric) as paths[0] (line 15)"
+    ]
 
 
 def test_yaml_syntax_error_is_one_line() -> None:
@@ -98,8 +104,10 @@ def test_fast_interval_longer_than_interval() -> None:
 
 
 def test_command_needs_absolute_program() -> None:
-    text = GOOD.replace("actions: {netlink: [{dst: 203.0.113.0/24, gateway: 192.0.2.1}]}",
-                        "actions: {command: {argv: [rm, -rf]}}")
+    text = GOOD.replace(
+        "actions: {netlink: [{dst: 203.0.113.0/24, gateway: 192.0.2.1}]}",
+        "actions: {command: {argv: [rm, -rf]}}",
+    )
     got = problems(text)
     assert any("absolute path" in p for p in got), got
 
@@ -107,16 +115,28 @@ def test_command_needs_absolute_program() -> None:
 def test_check_config_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("trunk:carrier-b]", "trunk:carier-b]"))
-    r = subprocess.run([sys.executable, "-m", "agent", "check-config", "-c", str(bad)],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"{bad}: routes.outbound.paths[1].requires[0]: unknown target 'trunk:carier-b' (line 14)"
     ]
     assert "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "agent", "check-config", "-c", str(ROOT / "configs/example.yaml")],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(ROOT / "configs/example.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "agent", "check-config", "-c", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 1 and "cannot read" in r.stderr and "Traceback" not in r.stderr

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,7 +128,7 @@ def test_switches_never_outpace_rise_fall_and_hold(
     # Every decision after the first is caused by a transition or a failback timer, and
     # path changes never exceed transitions (+1 initial, +failbacks which follow an up).
     assert len(decisions) <= transitions + 1
-    for prev, nxt in zip(decisions, decisions[1:], strict=False):
+    for prev, nxt in itertools.pairwise(decisions):
         assert prev.new_path != nxt.new_path
         if nxt.kind == "failback":
             assert nxt.at - prev.at >= 0
