@@ -1,0 +1,184 @@
+"""Prometheus metrics, on a registry owned by each Metrics instance (never the global)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from agent import __version__
+
+# SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+# Failover reaction and actuator apply times: sub-millisecond to the 10 s budget.
+ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, mqtt_enabled: bool = True
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+        self.target_up = Gauge(
+            "trunkguard_target_up", "1 when the target is up.", ["kind", "name"], registry=r
+        )
+        self.target_state = Gauge(
+            "trunkguard_target_state",
+            "1 for the current health state of the target, 0 for the others.",
+            ["kind", "name", "state"],
+            registry=r,
+        )
+        self.sip_options_rtt_seconds = Histogram(
+            "trunkguard_sip_options_rtt_seconds",
+            "Round-trip time of answered SIP OPTIONS probes.",
+            ["trunk"],
+            buckets=RTT_BUCKETS,
+            registry=r,
+        )
+        self.sip_options_responses_total = Counter(
+            "trunkguard_sip_options_responses_total",
+            "Final responses to SIP OPTIONS probes by status code.",
+            ["trunk", "code"],
+            registry=r,
+        )
+        self.probe_failures_total = Counter(
+            "trunkguard_probe_failures_total",
+            "Probes that got no usable answer (timeout, refused, dns, ...).",
+            ["trunk", "reason"],
+            registry=r,
+        )
+        self.sip_unmatched_responses_total = Counter(
+            "trunkguard_sip_unmatched_responses_total",
+            "SIP responses that matched no outstanding probe.",
+            ["reason"],
+            registry=r,
+        )
+        self.route_active_path = Gauge(
+            "trunkguard_route_active_path",
+            "1 for the path a route group currently uses, 0 for its other paths.",
+            ["group", "path"],
+            registry=r,
+        )
+        self.route_no_path = Gauge(
+            "trunkguard_route_no_path",
+            "1 when no path of the route group qualifies (calls cannot be routed).",
+            ["group"],
+            registry=r,
+        )
+        self.failovers_total = Counter(
+            "trunkguard_failovers_total",
+            "Switches away from the preferred path.",
+            ["group"],
+            registry=r,
+        )
+        self.failbacks_total = Counter(
+            "trunkguard_failbacks_total",
+            "Returns to a more preferred path.",
+            ["group"],
+            registry=r,
+        )
+        self.transitions_total = Counter(
+            "trunkguard_transitions_total",
+            "Health state transitions of targets.",
+            ["kind", "name", "to"],
+            registry=r,
+        )
+        self.reroute_seconds = Histogram(
+            "trunkguard_reroute_seconds",
+            "Time from the evidence that triggered a reroute to routing applied.",
+            ["group"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_lag_seconds = Gauge(
+            "trunkguard_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last check.",
+            registry=r,
+        )
+        self.actuator_converged = Gauge(
+            "trunkguard_actuator_converged",
+            "1 when the actuator's real state matches the desired state.",
+            ["actuator"],
+            registry=r,
+        )
+        self.actuator_errors_total = Counter(
+            "trunkguard_actuator_errors_total",
+            "Failed actuator operations.",
+            ["actuator", "reason"],
+            registry=r,
+        )
+        self.actuator_apply_seconds = Histogram(
+            "trunkguard_actuator_apply_seconds",
+            "Duration of one actuator apply (including read-back).",
+            ["actuator"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        # Not exported when MQTT is not configured, so its alert cannot fire then.
+        self.mqtt_connected = Gauge(
+            "trunkguard_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            registry=r if mqtt_enabled else None,
+        )
+        self.config_reload_total = Counter(
+            "trunkguard_config_reload_total",
+            "Configuration reloads by result.",
+            ["result"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "trunkguard_build_info",
+            "Always 1; the version is a label.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
+        self._group_paths: dict[str, set[str]] = {}
+
+    def set_active_path(self, group: str, paths: Sequence[str], active: str | None) -> None:
+        """Publish the routing decision for a group; active=None raises the no-path alarm."""
+        names = [*paths, active] if active is not None and active not in paths else list(paths)
+        for path in self._group_paths.get(group, set()) - set(names):
+            self.route_active_path.remove(group, path)  # path removed by a config reload
+        self._group_paths[group] = set(names)
+        for path in names:
+            self.route_active_path.labels(group, path).set(1 if path == active else 0)
+        self.route_no_path.labels(group).set(1 if active is None else 0)
+        # Export the counters at 0 from the start: increase() misses a series' first sample.
+        self.failovers_total.labels(group)
+        self.failbacks_total.labels(group)
+
+    def set_target_state(self, kind: str, name: str, state: str, all_states: Sequence[str]) -> None:
+        for s in {*all_states, state}:
+            self.target_state.labels(kind, name, s).set(1 if s == state else 0)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Start the /metrics HTTP exporter in a thread; returns a function that stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
+
+    async def watch_loop_lag(self, interval: float = 0.5) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            self.event_loop_lag_seconds.set(max(0.0, loop.time() - start - interval))
