@@ -43,7 +43,7 @@ def _summary(uri: SipUri, results: list[tuple[ProbeOutcome, bool]]) -> list[str]
 
 
 async def ping(uri_text: str, *, count: int, interval: float,
-               timeout: float,  # noqa: ASYNC109 - per probe, not for the whole run
+               timeout: float,
                ok_codes: Sequence[str], source_address: str | None = None,
                out: TextIO = sys.stdout) -> int:
     """Probe until `count` probes are done (0: until cancelled / Ctrl-C); print like ping.

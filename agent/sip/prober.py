@@ -140,8 +140,8 @@ class UdpProber:
         return len(self._pending)
 
     # `timeout` is part of the result (a timeout is an outcome, not an exception), so it
-    # cannot be an asyncio.timeout() scope around the call: hence noqa ASYNC109.
-    async def probe_uri(self, uri: SipUri, *, timeout: float) -> ProbeOutcome:  # noqa: ASYNC109
+    # cannot be an asyncio.timeout() scope around the call (ASYNC109 is off project-wide).
+    async def probe_uri(self, uri: SipUri, *, timeout: float) -> ProbeOutcome:
         """Resolve the URI's host (A/AAAA, first answer) and probe it, all within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -159,7 +159,7 @@ class UdpProber:
         return await self._probe(host, port, str(uri), None, timeout, deadline)
 
     async def probe(self, host: str, port: int, *, request_uri: str,
-                    timeout: float,  # noqa: ASYNC109
+                    timeout: float,
                     to_uri: str | None = None) -> ProbeOutcome:
         """Probe an IP literal; the outcome arrives by `timeout` seconds at the latest."""
         deadline = asyncio.get_running_loop().time() + timeout
