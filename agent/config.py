@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from agent import __version__
+from agent.act.netlink import RouteSpec, route_key
 from agent.core.classify import OkCodes
 from agent.core.health import HealthParams
 from agent.core.policy import GroupSpec, PathSpec
@@ -147,7 +148,11 @@ class NetlinkRoute(Strict):
     def _via(self) -> NetlinkRoute:
         if self.gateway is None and self.dev is None:
             raise ValueError("a route needs a gateway, a dev, or both")
+        self.spec()  # the actuator's own checks (address families, interface name)
         return self
+
+    def spec(self) -> RouteSpec:
+        return RouteSpec(self.dst, self.gateway, self.dev, self.table, self.metric)
 
 
 class CommandAction(Strict):
@@ -348,9 +353,8 @@ def _pydantic_msg(err: Any) -> str:
 
 def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
     """Checks that span sections: references between targets and route groups."""
-    from agent.act.netlink import RouteSpec, route_key
-
     problems: list[str] = []
+    owner: dict[tuple[str, int, int], str] = {}
     known = {f"trunk:{n}" for n in cfg.trunks}
     for name in cfg.trunks:
         eff = cfg.probe_for(name)
@@ -373,11 +377,15 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
                     problems.append(lines.problem((*loc, "requires", j), msg))
                 elif req not in known:
                     problems.append(lines.problem((*loc, "requires", j), f"unknown target {req!r}"))
-            keys = frozenset(
-                route_key(RouteSpec(r.dst, r.gateway, r.dev, r.table, r.metric))
-                for r in p.actions.netlink
-            )
+            keys = frozenset(route_key(r.spec()) for r in p.actions.netlink)
             keysets.append((i, keys))
+            for key in keys:
+                # Two groups steering one route would undo each other for ever.
+                other = owner.setdefault(key, gname)
+                if other != gname:
+                    loc = ("routes", gname, "paths", i, "actions", "netlink")
+                    msg = f"route {key[0]} (table {key[1]}) is also steered by group {other}"
+                    problems.append(lines.problem(loc, msg))
         # Replace-only routing: every path must own the same prefixes, or a failover
         # would leave the old path's extra routes behind.
         routed = [(i, k) for i, k in keysets if k]

@@ -140,3 +140,22 @@ def test_check_config_cli(tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 1 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_route_family_mismatch_is_a_config_error() -> None:
+    text = GOOD.replace("gateway: 192.0.2.1}", "gateway: 2001:db8::1}")
+    got = problems(text)
+    assert len(got) == 1 and got[0].startswith("routes.outbound.paths[0].actions.netlink[0]: ")
+    assert "another family" in got[0] and "(line 12)" in got[0]
+
+
+def test_one_route_in_two_groups_is_a_config_error() -> None:
+    second = (
+        "  inbound:\n    paths:\n      - name: x\n        requires: [trunk:carrier-a]\n"
+        "        actions: {netlink: [{dst: 203.0.113.0/24, gateway: 192.0.2.1}]}\n"
+    )
+    got = problems(GOOD + second)
+    assert got == [
+        "routes.inbound.paths[0].actions.netlink: route 203.0.113.0/24 (table 254) is also "
+        "steered by group outbound (line 20)"
+    ]

@@ -1,0 +1,47 @@
+"""The actuator contract: level-triggered outputs driven by a desired state.
+
+The desired state is a mapping of route group -> active path name. Groups the
+core has not decided yet are absent; an actuator ignores groups and paths it has
+no actions for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+
+class ActuatorError(Exception):
+    """An actuator could not converge.
+
+    `reason` is a short, stable label for metrics ("timeout", "exit", "spawn",
+    "netlink", "verify", ...); the message is one line for logs and reports.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        # One line: messages may quote program output or kernel errors.
+        message = " ".join(message.split())
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ActuatorError({self.reason!r}, {self.message!r})"
+
+
+@runtime_checkable
+class Actuator(Protocol):
+    name: str
+    kind: str
+
+    async def apply(self, desired: Mapping[str, str]) -> None:
+        """Converge the real system to `desired`. Idempotent; raises ActuatorError."""
+        ...
+
+    async def verify(self, desired: Mapping[str, str]) -> bool:
+        """Read the real system back: True when it matches `desired`."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources. Never undoes anything (fail-static)."""
+        ...

@@ -1,0 +1,357 @@
+"""NetlinkActuator against real kernel routing in throw-away network namespaces.
+
+Lab: a "pbx" namespace with one veth to carrier A (192.0.2.0/30, 2001:db8:a::/64)
+and one to carrier B (198.51.100.0/30, 2001:db8:b::/64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from agent.act.base import Actuator, ActuatorError
+from agent.act.converge import ApplyReport, Converger
+from agent.act.netlink import NetlinkActuator, RouteSpec, route_key
+from tests.lib.netns import Netns, namespaces, veth
+
+pytestmark = pytest.mark.integration
+
+WAIT = 5.0  # safety net only: every wait below ends on an event
+PREFIX = "203.0.113.0/24"
+PREFIX6 = "2001:db8:ff::/48"
+GW_A, GW_B = "192.0.2.2", "198.51.100.2"
+GW6_A, GW6_B = "2001:db8:a::2", "2001:db8:b::2"
+
+
+@dataclass
+class Lab:
+    pbx: Netns
+    if_a: str
+    if_b: str
+
+    def routes(self, *args: str, v6: bool = False) -> list[dict[str, Any]]:
+        fam = ["-6"] if v6 else []
+        out = self.pbx.ip(*fam, "-j", "route", "show", *args).stdout
+        return list(json.loads(out or "[]"))
+
+    def actuator(self, table: int | None = None, metric: int | None = None) -> NetlinkActuator:
+        def spec(dst: str, gw: str) -> RouteSpec:
+            return RouteSpec(dst, gateway=gw, table=table, metric=metric)
+
+        return NetlinkActuator(
+            "routes",
+            {
+                ("carriers", "A"): [spec(PREFIX, GW_A), spec(PREFIX6, GW6_A)],
+                ("carriers", "B"): [spec(PREFIX, GW_B), spec(PREFIX6, GW6_B)],
+            },
+            netns=self.pbx.name,
+        )
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with namespaces("pbx", "ca", "cb") as (pbx, ca, cb):
+        if_a, peer_a = veth(pbx, "192.0.2.1/30", ca, "192.0.2.2/30")
+        if_b, peer_b = veth(pbx, "198.51.100.1/30", cb, "198.51.100.2/30")
+        for ns, dev, addr in [
+            (pbx, if_a, "2001:db8:a::1/64"), (ca, peer_a, "2001:db8:a::2/64"),
+            (pbx, if_b, "2001:db8:b::1/64"), (cb, peer_b, "2001:db8:b::2/64"),
+        ]:
+            ns.ip("-6", "addr", "add", addr, "dev", dev, "nodad")
+        yield Lab(pbx, if_a, if_b)
+
+
+@asynccontextmanager
+async def actuator(act: NetlinkActuator) -> AsyncIterator[NetlinkActuator]:
+    try:
+        yield act
+    finally:
+        await act.close()
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.items: list[ApplyReport] = []
+        self._new = asyncio.Event()
+
+    def __call__(self, report: ApplyReport) -> None:
+        self.items.append(report)
+        self._new.set()
+
+    async def wait(self, pred: Callable[[ApplyReport], bool]) -> ApplyReport:
+        async with asyncio.timeout(WAIT):
+            seen = 0
+            while True:
+                for r in self.items[seen:]:
+                    if pred(r):
+                        return r
+                seen = len(self.items)
+                self._new.clear()
+                await self._new.wait()
+
+
+@asynccontextmanager
+async def converging(act: Actuator, **kw: float) -> AsyncIterator[tuple[Converger, Reports]]:
+    reports = Reports()
+    conv = Converger(act, on_report=reports, **kw)  # type: ignore[arg-type]
+    task = asyncio.create_task(conv.run())
+    try:
+        yield conv, reports
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+class RouteMonitor:
+    """`ip monitor route` in the namespace, fenced by marker routes so that we
+    know exactly which events happened between two points."""
+
+    def __init__(self, ns: Netns) -> None:
+        self.ns = ns
+        self.n = 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> RouteMonitor:
+        self.proc = await asyncio.create_subprocess_exec(
+            "ip", "-n", self.ns.name, "monitor", "route", stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            await self._handshake()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
+    async def _handshake(self) -> None:
+        # ip monitor subscribes a little after it starts and says nothing: add
+        # markers until one comes back. Events are ordered, so from then on
+        # nothing can be missed.
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    async with asyncio.timeout(0.2):
+                        await self.mark()
+                    return
+                except TimeoutError:
+                    continue
+
+    async def mark(self) -> list[str]:
+        """Route events since the previous mark, in order."""
+        assert self.proc is not None and self.proc.stdout is not None
+        self.n += 1
+        assert self.n < 128
+        marker = f"192.0.2.{128 + self.n} "
+        self.ns.ip("route", "add", marker.strip(), "dev", "lo", "table", "4242")
+        lines: list[str] = []
+        async with asyncio.timeout(WAIT):
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                assert line, "ip monitor ended"
+                if line.startswith(marker) and "table 4242" in line:
+                    return lines
+                lines.append(line.strip())
+
+
+def gateways(lab: Lab, *args: str, v6: bool = False) -> list[str | None]:
+    return [r.get("gateway") for r in lab.routes(*args, v6=v6)]
+
+
+async def test_switch_from_carrier_a_to_b(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act, converging(act) as (conv, reports):
+        conv.set_desired({"carriers": "A", "unrelated": "X"})
+        r = await reports.wait(lambda r: r.ok)
+        assert r.changed
+        (route,) = lab.routes(PREFIX)
+        assert route["gateway"] == GW_A and route["dev"] == lab.if_a
+        assert route["protocol"] == "static"
+        assert gateways(lab, PREFIX6, v6=True) == [GW6_A]
+
+        conv.set_desired({"carriers": "B"})
+        r = await reports.wait(lambda r: r.desired.get("carriers") == "B")
+        assert r.ok and r.changed and conv.converged
+        (route,) = lab.routes(PREFIX)
+        assert route["gateway"] == GW_B and route["dev"] == lab.if_b
+        assert gateways(lab, PREFIX6, v6=True) == [GW6_B]
+
+
+async def test_replace_is_atomic(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act:
+        await act.apply({"carriers": "A"})
+        async with RouteMonitor(lab.pbx) as mon:
+            await act.apply({"carriers": "B"})
+            events = await mon.mark()
+        assert await act.verify({"carriers": "B"})
+    ours = [e for e in events if e.split()[0] in ("203.0.113.0/24", "2001:db8:ff::/48")]
+    assert any(e.startswith(f"{PREFIX} via {GW_B}") for e in ours), events
+    assert any(e.startswith(f"{PREFIX6} via {GW6_B}") for e in ours), events
+    assert not [e for e in events if e.startswith("Deleted")], events
+
+
+async def test_applying_the_same_state_twice_is_a_noop(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act:
+        await act.apply({"carriers": "A"})
+        async with RouteMonitor(lab.pbx) as mon:
+            await act.apply({"carriers": "A"})  # apply itself writes nothing
+            assert await mon.mark() == []
+            # A restarted daemon (fresh socket, fresh converger) does not touch it.
+            async with actuator(lab.actuator()) as again, converging(again) as (conv, reports):
+                conv.set_desired({"carriers": "A"})
+                r = await reports.wait(lambda r: True)
+            assert r.ok and not r.changed
+            assert await mon.mark() == []
+    assert gateways(lab, PREFIX) == [GW_A]
+
+
+async def test_drift_is_restored(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act, converging(act, drift_interval=0.05) as (
+        conv,
+        reports,
+    ):
+        conv.set_desired({"carriers": "A"})
+        await reports.wait(lambda r: r.ok)
+
+        lab.pbx.ip("route", "replace", PREFIX, "via", GW_B)  # an operator's hand
+        r = await reports.wait(lambda r: r.trigger == "drift")
+        assert r.ok and r.changed
+        assert gateways(lab, PREFIX) == [GW_A]
+
+        lab.pbx.ip("route", "del", PREFIX)  # as the kernel does when a link goes
+        again = await reports.wait(lambda x: x.trigger == "drift" and x is not r)
+        assert again.ok and again.changed
+        assert gateways(lab, PREFIX) == [GW_A]
+
+
+async def test_routing_table_other_than_main(lab: Lab) -> None:
+    async with actuator(lab.actuator(table=100)) as act:
+        await act.apply({"carriers": "B"})
+        assert await act.verify({"carriers": "B"})
+        assert not await act.verify({"carriers": "A"})
+    assert gateways(lab, "table", "100", PREFIX) == [GW_B]
+    assert gateways(lab, "table", "100", PREFIX6, v6=True) == [GW6_B]
+    assert lab.routes(PREFIX) == []  # main untouched
+
+
+async def test_metric_is_part_of_the_identity(lab: Lab) -> None:
+    # Someone else's route to the same prefix with another metric is not ours.
+    lab.pbx.ip("route", "add", PREFIX, "via", GW_B, "metric", "100")
+    async with actuator(lab.actuator(metric=50)) as act:
+        await act.apply({"carriers": "A"})
+        assert await act.verify({"carriers": "A"})
+        lab.pbx.ip("route", "replace", PREFIX, "via", GW_A, "metric", "100")
+        assert await act.verify({"carriers": "A"})
+    by_metric = {r.get("metric"): r["gateway"] for r in lab.routes(PREFIX)}
+    assert by_metric == {50: GW_A, 100: GW_A}
+
+
+async def test_dev_only_routes(lab: Lab) -> None:
+    routes = {
+        ("g", "A"): [RouteSpec(PREFIX, dev=lab.if_a)],
+        ("g", "B"): [RouteSpec(PREFIX, dev=lab.if_b)],
+    }
+    async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
+        await act.apply({"g": "A"})
+        assert await act.verify({"g": "A"}) and not await act.verify({"g": "B"})
+        await act.apply({"g": "B"})
+        assert await act.verify({"g": "B"})
+    (route,) = lab.routes(PREFIX)
+    assert route["dev"] == lab.if_b and "gateway" not in route and route["scope"] == "link"
+
+
+async def test_gateway_and_dev_must_both_match(lab: Lab) -> None:
+    spec = RouteSpec(PREFIX, gateway=GW_A, dev=lab.if_a)
+    async with actuator(NetlinkActuator("r", {("g", "A"): [spec]}, netns=lab.pbx.name)) as act:
+        await act.apply({"g": "A"})
+        assert await act.verify({"g": "A"})
+        lab.pbx.ip("route", "replace", PREFIX, "dev", lab.if_b)
+        assert not await act.verify({"g": "A"})
+        lab.pbx.ip("route", "replace", "blackhole", PREFIX)
+        assert not await act.verify({"g": "A"})
+        await act.apply({"g": "A"})
+        assert await act.verify({"g": "A"})
+
+
+async def test_missing_interface_is_a_clear_error(lab: Lab) -> None:
+    spec = RouteSpec(PREFIX, gateway=GW_A, dev="nosuch0")
+    async with actuator(NetlinkActuator("r", {("g", "A"): [spec]}, netns=lab.pbx.name)) as act:
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"g": "A"})
+        assert not await act.verify({"g": "A"})
+    assert err.value.reason == "netlink"
+    assert "'nosuch0' not found" in str(err.value) and PREFIX in str(err.value)
+    assert lab.routes(PREFIX) == []
+
+
+async def test_kernel_refusal_does_not_stop_other_routes(lab: Lab) -> None:
+    routes = {
+        ("g", "A"): [RouteSpec("198.51.100.128/25", gateway="192.0.2.99")],  # not on-link
+        ("h", "A"): [RouteSpec(PREFIX, gateway=GW_A)],
+    }
+    async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"g": "A", "h": "A"})
+    assert err.value.reason == "netlink" and "unreachable" in str(err.value)
+    assert gateways(lab, PREFIX) == [GW_A]
+
+
+async def test_missing_namespace_is_an_error_and_not_created() -> None:
+    name = "tg-absent-ns"
+    act = NetlinkActuator("r", {("g", "A"): [RouteSpec(PREFIX, gateway=GW_A)]}, netns=name)
+    async with actuator(act):
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"g": "A"})
+    assert err.value.reason == "netlink" and name in str(err.value)
+    ip = await asyncio.create_subprocess_exec("ip", "netns", "list", stdout=subprocess.PIPE)
+    listed, _ = await ip.communicate()
+    assert name.encode() not in listed
+
+
+async def test_socket_reopens_after_close(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act:
+        await act.apply({"carriers": "A"})
+        await act.close()
+        assert await act.verify({"carriers": "A"})
+        await act.apply({"carriers": "B"})
+    assert gateways(lab, PREFIX) == [GW_B]
+
+
+async def test_ungoverned_groups_and_paths_are_ignored(lab: Lab) -> None:
+    async with actuator(lab.actuator()) as act:
+        assert await act.verify({})
+        assert await act.verify({"other": "A", "carriers": "Z"})
+        await act.apply({"other": "A", "carriers": "Z"})
+    assert lab.routes(PREFIX) == []
+
+
+def test_route_key_and_validation() -> None:
+    assert route_key(RouteSpec(PREFIX, gateway=GW_A)) == (PREFIX, 254, 0)
+    assert route_key(RouteSpec(PREFIX6, gateway=GW6_A)) == (PREFIX6, 254, 1024)
+    assert route_key(RouteSpec("default", gateway=GW6_A, table=7, metric=5)) == ("::/0", 7, 5)
+    assert route_key(RouteSpec("default", dev="eth0")) == ("0.0.0.0/0", 254, 0)
+    for bad in [
+        dict(dst=PREFIX),
+        dict(dst="203.0.113.1/24", gateway=GW_A),
+        dict(dst=PREFIX, gateway=GW6_A),
+        dict(dst=PREFIX, dev="x" * 16),
+        dict(dst=PREFIX, dev="eth0", table=0),
+    ]:
+        with pytest.raises(ValueError):
+            RouteSpec(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="groups"):
+        NetlinkActuator("r", {
+            ("g", "A"): [RouteSpec(PREFIX, gateway=GW_A)],
+            ("h", "A"): [RouteSpec(PREFIX, gateway=GW_B)],
+        })
