@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
 
             metrics = lab.agent.sh(
-                "python3",
+                sys.executable,
                 "-c",
                 "import urllib.request;print(urllib.request."
                 "urlopen('http://127.0.0.1:9464/metrics').read().decode())",
