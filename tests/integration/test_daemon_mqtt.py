@@ -101,7 +101,11 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
                     c,
                     lambda m: json.loads(m.get(f"{BASE}/routes/outbound", b"{}")).get("active")
                     == "carrier-b"
-                    and f"{BASE}/events" in m,
+                    and f"{BASE}/events" in m
+                    and json.loads(m.get(f"{BASE}/state", b"{}")).get("routes", {})
+                    .get("outbound", {})
+                    .get("active")
+                    == "carrier-b",
                     10,
                 )
                 assert js(latest, "state")["seq"] > seq0  # type: ignore[operator]
