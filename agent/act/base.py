@@ -31,11 +31,19 @@ class ActuatorError(Exception):
 
 @runtime_checkable
 class Actuator(Protocol):
+    """An output. An implementation whose apply() itself reads the real system and
+    writes only what differs may set `reads_before_write = True`; the converger then
+    skips its own verify before applying a new desired state (one read less on the
+    failover path)."""
+
     name: str
     kind: str
 
-    async def apply(self, desired: Mapping[str, str]) -> None:
-        """Converge the real system to `desired`. Idempotent; raises ActuatorError."""
+    async def apply(self, desired: Mapping[str, str]) -> bool | None:
+        """Converge the real system to `desired`. Idempotent; raises ActuatorError.
+
+        Returns False when it found nothing to change, True when it wrote, None when
+        it cannot tell."""
         ...
 
     async def verify(self, desired: Mapping[str, str]) -> bool:

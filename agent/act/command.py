@@ -69,12 +69,14 @@ class CommandActuator:
                 out.append((group, path, spec))
         return out
 
-    async def apply(self, desired: Mapping[str, str]) -> None:
+    async def apply(self, desired: Mapping[str, str]) -> bool:
         failures: list[ActuatorError] = []
+        ran = False
         for group, path, spec in self._todo(desired):
             if self._applied.get(group) == path and group not in self._stale:
                 continue
             try:
+                ran = True
                 await self._run(spec.argv, spec.timeout, group, path)
             except ActuatorError as e:
                 self._stale.add(group)  # it may have half-run: redo even if we go back
@@ -85,6 +87,7 @@ class CommandActuator:
         if failures:
             detail = "; ".join(e.message for e in failures)
             raise ActuatorError(failures[0].reason, f"{self.name}: {detail}")
+        return ran
 
     async def verify(self, desired: Mapping[str, str]) -> bool:
         ok = True

@@ -129,12 +129,16 @@ class Converger:
         started = self._clock()
         changed = False
         try:
-            if await self._in_place(desired):
+            pre_check = trigger == "drift" or not getattr(act, "reads_before_write", False)
+            if pre_check and await self._in_place(desired):
                 if trigger != "drift":  # a quiet drift check is not news
                     self._report(desired, True, False, trigger, started, attempt)
                 return True
             changed = True
-            await act.apply(desired)
+            if await act.apply(desired) is False:
+                # apply() read everything back itself and found it in place.
+                self._report(desired, True, False, trigger, started, attempt)
+                return True
             if not await act.verify(desired):
                 raise ActuatorError("verify", f"{act.name}: read-back differs after apply")
         except ActuatorError as e:

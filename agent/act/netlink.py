@@ -135,6 +135,7 @@ def _request(spec: RouteSpec, oif: int | None) -> dict[str, Any]:
 
 class NetlinkActuator:
     kind = "netlink"
+    reads_before_write = True  # apply() dumps and replaces only what differs
 
     def __init__(
         self,
@@ -162,11 +163,12 @@ class NetlinkActuator:
     def _wanted(self, desired: Mapping[str, str]) -> list[RouteSpec]:
         return [s for gp in desired.items() for s in self._routes.get(gp, ())]
 
-    async def apply(self, desired: Mapping[str, str]) -> None:
+    async def apply(self, desired: Mapping[str, str]) -> bool:
         wanted = self._wanted(desired)
         if not wanted:
-            return
+            return False
         failures: list[str] = []
+        wrote = False
         async with self._session("apply") as ipr:
             seen = await self._dump(ipr, wanted)
             for spec in wanted:
@@ -178,12 +180,14 @@ class NetlinkActuator:
                         continue  # already right: no write, no notification
                     log.info("%s: replace %s", self.name, _describe(spec))
                     await ipr.route("replace", **_request(spec, oif))
+                    wrote = True
                 except ActuatorError as e:
                     failures.append(f"{_describe(spec)}: {e.message}")
                 except NetlinkError as e:
                     failures.append(f"replace {_describe(spec)}: {_nl_text(e)}")
         if failures:
             raise ActuatorError("netlink", f"{self.name}{self._where()}: " + "; ".join(failures))
+        return wrote
 
     async def verify(self, desired: Mapping[str, str]) -> bool:
         wanted = self._wanted(desired)

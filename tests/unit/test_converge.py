@@ -126,6 +126,34 @@ async def test_no_apply_when_already_in_place() -> None:
     assert conv.converged
 
 
+class ReadingActuator(FakeActuator):
+    """An actuator whose apply() reads before it writes (like netlink)."""
+
+    reads_before_write = True
+
+    async def apply(self, desired: Mapping[str, str]) -> bool:
+        await super().apply(desired)
+        return self.real != self.before
+
+    before: dict[str, str] = {}
+
+
+async def test_reading_actuator_skips_the_pre_check_and_reports_no_change() -> None:
+    act, reports = ReadingActuator(), Reports()
+    act.real = {"g": "A"}
+    act.before = dict(act.real)
+    conv = make(act, reports)
+    async with running(conv):
+        conv.set_desired({"g": "A"})
+        (r,) = await reports.count(1)
+        assert r.ok and not r.changed
+        assert [k for k, _ in act.calls] == ["apply"]  # no verify before, nothing to read back
+        conv.set_desired({"g": "B"})
+        r = await reports.wait(lambda r: dict(r.desired) == {"g": "B"})
+    assert r.ok and r.changed
+    assert [k for k, _ in act.calls] == ["apply", "apply", "verify"]
+
+
 async def test_apply_then_verify() -> None:
     act, reports = FakeActuator(), Reports()
     conv = make(act, reports)
