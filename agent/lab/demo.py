@@ -143,6 +143,7 @@ async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
             10,
             "steady probes",
         )
+        await asyncio.sleep(0.4 * INTERVAL)  # scripted: the outage starts mid-interval
         tl.outage_at = time.monotonic()
         a.silent = True
         _say("OUTAGE: carrier-a stops answering")
@@ -188,7 +189,8 @@ async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
     switched = next(t for t, m in tl.rows if "applied: carrier-b" in m and t >= t0)
     _say(
         f"\nOutage to carrier-a declared down: {(down - t0) * 1000:.0f} ms "
-        f"(worst case for these settings: {worst * 1000:.0f} ms, README 'Detection bound'); "
+        f"(bound for these settings: {worst * 1000:.0f} ms plus scheduling jitter, "
+        "README 'Detection bound'); "
         f"route applied {(switched - down) * 1000:.0f} ms later."
     )
     _say(
