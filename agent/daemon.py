@@ -446,10 +446,7 @@ class Daemon:
             "reason": t.reason,
             "at": self._wall(t.at),
         }
-        if self.mqtt:
-            self.mqtt.publish(f"{kind}s/{name}", self._target_json(t.target), retain=True)
-            self.mqtt.publish("events", {"type": "transition", **payload})
-        self._observe("transition", **payload, mono=t.at)
+        self._announce("transition", payload, t.at, f"{kind}s/{name}", self._target_json(t.target))
 
     def _on_decision(self, d: Decision) -> None:
         g = self.engine.groups[d.group]
@@ -478,12 +475,19 @@ class Daemon:
             "reason": d.reason,
             "at": self._wall(d.at),
         }
-        if self.mqtt:
-            self.mqtt.publish(f"routes/{d.group}", self._route_json(d.group), retain=True)
-            self.mqtt.publish("events", {"type": "route", **payload})
-        self._observe("decision", **payload, mono=d.at)
+        self._announce("decision", payload, d.at, f"routes/{d.group}", self._route_json(d.group))
         if not self.convergers:
             self._applied(d.group, d.at)
+
+    def _announce(
+        self, what: str, event: dict[str, Any], mono: float, topic: str, retained: dict[str, Any]
+    ) -> None:
+        """Tell the world: retained per-object topic, the events stream, the observer."""
+        if self.mqtt:
+            self.mqtt.publish(topic, retained, retain=True)
+            kind = "route" if what == "decision" else what
+            self.mqtt.publish("events", {"type": kind, **event})
+        self._observe(what, **event, mono=mono)
 
     def _push_desired(self) -> None:
         desired = self.engine.desired()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from agent.act.base import Actuator, ActuatorError
-from agent.act.converge import ApplyReport, Converger
+from agent.act.converge import Converger
 from agent.act.netlink import NetlinkActuator, RouteSpec, route_key
 from tests.lib.netns import Netns, namespaces, veth
+from tests.lib.reports import Reports
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +62,10 @@ def lab() -> Iterator[Lab]:
         if_a, peer_a = veth(pbx, "192.0.2.1/30", ca, "192.0.2.2/30")
         if_b, peer_b = veth(pbx, "198.51.100.1/30", cb, "198.51.100.2/30")
         for ns, dev, addr in [
-            (pbx, if_a, "2001:db8:a::1/64"), (ca, peer_a, "2001:db8:a::2/64"),
-            (pbx, if_b, "2001:db8:b::1/64"), (cb, peer_b, "2001:db8:b::2/64"),
+            (pbx, if_a, "2001:db8:a::1/64"),
+            (ca, peer_a, "2001:db8:a::2/64"),
+            (pbx, if_b, "2001:db8:b::1/64"),
+            (cb, peer_b, "2001:db8:b::2/64"),
         ]:
             ns.ip("-6", "addr", "add", addr, "dev", dev, "nodad")
         yield Lab(pbx, if_a, if_b)
@@ -74,27 +77,6 @@ async def actuator(act: NetlinkActuator) -> AsyncIterator[NetlinkActuator]:
         yield act
     finally:
         await act.close()
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.items: list[ApplyReport] = []
-        self._new = asyncio.Event()
-
-    def __call__(self, report: ApplyReport) -> None:
-        self.items.append(report)
-        self._new.set()
-
-    async def wait(self, pred: Callable[[ApplyReport], bool]) -> ApplyReport:
-        async with asyncio.timeout(WAIT):
-            seen = 0
-            while True:
-                for r in self.items[seen:]:
-                    if pred(r):
-                        return r
-                seen = len(self.items)
-                self._new.clear()
-                await self._new.wait()
 
 
 @asynccontextmanager
@@ -217,9 +199,12 @@ async def test_applying_the_same_state_twice_is_a_noop(lab: Lab) -> None:
 
 
 async def test_drift_is_restored(lab: Lab) -> None:
-    async with actuator(lab.actuator()) as act, converging(act, drift_interval=0.05) as (
-        conv,
-        reports,
+    async with (
+        actuator(lab.actuator()) as act,
+        converging(act, drift_interval=0.05) as (
+            conv,
+            reports,
+        ),
     ):
         conv.set_desired({"carriers": "A"})
         await reports.wait(lambda r: r.ok)
@@ -351,7 +336,10 @@ def test_route_key_and_validation() -> None:
         with pytest.raises(ValueError):
             RouteSpec(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="groups"):
-        NetlinkActuator("r", {
-            ("g", "A"): [RouteSpec(PREFIX, gateway=GW_A)],
-            ("h", "A"): [RouteSpec(PREFIX, gateway=GW_B)],
-        })
+        NetlinkActuator(
+            "r",
+            {
+                ("g", "A"): [RouteSpec(PREFIX, gateway=GW_A)],
+                ("h", "A"): [RouteSpec(PREFIX, gateway=GW_B)],
+            },
+        )

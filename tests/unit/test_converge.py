@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import pytest
 
 from agent.act.base import Actuator, ActuatorError
 from agent.act.converge import ApplyReport, Converger
+from tests.lib.reports import Reports
 
 WAIT = 5.0  # safety net only: every wait below ends on an event
 
@@ -50,32 +51,6 @@ class FakeActuator:
 
     def applies(self) -> int:
         return sum(1 for kind, _ in self.calls if kind == "apply")
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.items: list[ApplyReport] = []
-        self._new = asyncio.Event()
-
-    def __call__(self, report: ApplyReport) -> None:
-        self.items.append(report)
-        self._new.set()
-
-    async def wait(self, pred: Callable[[ApplyReport], bool]) -> ApplyReport:
-        """The first report (old or new) matching pred."""
-        async with asyncio.timeout(WAIT):
-            seen = 0
-            while True:
-                for r in self.items[seen:]:
-                    if pred(r):
-                        return r
-                seen = len(self.items)
-                self._new.clear()
-                await self._new.wait()
-
-    async def count(self, n: int) -> list[ApplyReport]:
-        await self.wait(lambda _: len(self.items) >= n)
-        return self.items[:n]
 
 
 @asynccontextmanager
