@@ -11,35 +11,50 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.core.events import Decision, State, Transition, Verdict
-from agent.core.health import HealthParams, TargetHealth
+from agent.core.health import HealthParams
 from agent.core.policy import GroupPolicy, GroupSpec
+from agent.core.trunk import SINGLE, Quorum, TrunkHealth
 
 
 @dataclass(slots=True)
 class Step:
     transitions: list[Transition] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    # Per-destination changes of multi-destination trunks: reported, never routed on.
+    dest_transitions: list[Transition] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.transitions or self.decisions)
+        return bool(self.transitions or self.decisions or self.dest_transitions)
 
 
 class Engine:
-    def __init__(self, targets: Mapping[str, HealthParams], groups: list[GroupSpec]) -> None:
-        self.targets: dict[str, TargetHealth] = {}
+    def __init__(
+        self,
+        targets: Mapping[str, HealthParams],
+        groups: list[GroupSpec],
+        quorums: Mapping[str, Quorum] | None = None,
+    ) -> None:
+        self.targets: dict[str, TrunkHealth] = {}
         self.groups: dict[str, GroupPolicy] = {}
-        self.reconfigure(targets, groups)
+        self.reconfigure(targets, groups, quorums)
 
-    def reconfigure(self, targets: Mapping[str, HealthParams], groups: list[GroupSpec]) -> None:
+    def reconfigure(
+        self,
+        targets: Mapping[str, HealthParams],
+        groups: list[GroupSpec],
+        quorums: Mapping[str, Quorum] | None = None,
+    ) -> None:
         """Apply new settings, keeping what is known about targets and groups that remain."""
         old_t, old_g = self.targets, self.groups
         self.targets = {}
         for name, params in targets.items():
+            quorum = (quorums or {}).get(name, Quorum())
             th = old_t.get(name)
             if th is None:
-                th = TargetHealth(name, params)
-            elif th.params != params:
-                th.reset(params)
+                th = TrunkHealth(name, params, quorum)
+                th.set_dests([SINGLE], 0.0)  # one fixed address until told otherwise
+            elif th.params != params or th.quorum != quorum:
+                th.reset(params, quorum)
             self.targets[name] = th
         self.groups = {}
         for spec in groups:
@@ -62,13 +77,24 @@ class Engine:
     def desired(self) -> dict[str, str]:
         return {n: g.active for n, g in self.groups.items() if g.ready and g.active is not None}
 
-    def observe(self, v: Verdict) -> Step:
+    def observe(self, v: Verdict, dest: str = SINGLE) -> Step:
         th = self.targets.get(v.target)
         if th is None:  # a late result from a target removed by a reload
             return Step()
-        t = th.observe(v)
-        # Without a transition no group's inputs changed; timers are tick()'s job.
-        return self._after([t], v.at, v.at) if t else Step()
+        dt, t = th.observe(dest, v)
+        # Without a trunk transition no group's inputs changed; timers are tick()'s job.
+        step = self._after([t], v.at, v.at) if t else Step()
+        if dt is not None and len(th.dests) > 1:
+            step.dest_transitions.append(dt)
+        return step
+
+    def set_dests(self, target: str, keys: list[str], now: float) -> Step:
+        """What a trunk resolves to now (a DNS answer, or its one fixed address)."""
+        th = self.targets.get(target)
+        if th is None:
+            return Step()
+        t = th.set_dests(keys, now)
+        return self._after([t], now, now) if t else Step()
 
     def tick(self, now: float) -> Step:
         """Run pending timers (auto failback after hold)."""

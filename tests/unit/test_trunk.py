@@ -1,0 +1,110 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.core.engine import Engine
+from agent.core.events import State, Verdict
+from agent.core.health import HealthParams
+from agent.core.policy import GroupSpec, PathSpec
+from agent.core.trunk import Quorum, TrunkHealth
+
+P = HealthParams(interval=1.0, fast_interval=0.2, rise=1, fall=1)
+X, Y = "192.0.2.1:5060", "[2001:db8::1]:5060"
+
+
+def trunk(q: str | int) -> TrunkHealth:
+    th = TrunkHealth("trunk:c", P, Quorum.parse(q))
+    th.set_dests([X, Y], 0)
+    return th
+
+
+def feed(th: TrunkHealth, key: str, ok: bool, at: float):  # type: ignore[no-untyped-def]
+    return th.observe(key, Verdict("trunk:c", ok, at, "200 OK" if ok else "timeout after 500ms"))
+
+
+def test_any_stays_up_when_one_of_two_dies() -> None:
+    th = trunk("any")
+    _, t = feed(th, X, True, 1)
+    assert t and t.new is State.UP and "1 of 2 destinations up (healthy_when any)" in t.reason
+    feed(th, Y, True, 2)
+    dt, t = feed(th, Y, False, 3)
+    assert dt and dt.new is State.DOWN and dt.target == f"trunk:c/{Y}"
+    assert t is None and th.state is State.UP
+    _, t = feed(th, X, False, 4)
+    assert t and t.new is State.DOWN and f"{X}: 1 consecutive failures" in t.reason
+
+
+def test_all_goes_down_when_one_dies() -> None:
+    th = trunk("all")
+    assert feed(th, X, True, 1)[1] is None  # Y still unknown: undecided
+    _, t = feed(th, Y, True, 2)
+    assert t and t.new is State.UP
+    _, t = feed(th, Y, False, 3)
+    assert t and t.new is State.DOWN
+
+
+def test_new_unknown_destination_does_not_flip_a_healthy_trunk() -> None:
+    th = trunk("all")
+    feed(th, X, True, 1)
+    feed(th, Y, True, 2)
+    assert th.set_dests([X, Y, "198.51.100.7:5060"], 3) is None
+    assert th.state is State.UP
+    t = th.set_dests([], 4)
+    assert t is None and th.state is State.UP  # no destinations: nothing decides
+
+
+def test_n_of_m_and_late_results_for_removed_destinations() -> None:
+    th = trunk(2)
+    feed(th, X, True, 1)
+    _, t = feed(th, Y, True, 2)
+    assert t and t.new is State.UP
+    th.set_dests([X], 3)
+    assert th.state is State.DOWN  # 1 destination can never make 2
+    assert feed(th, Y, True, 4) == (None, None)
+
+
+def test_quorum_parse() -> None:
+    assert Quorum.parse("any").need(3) == 1 and Quorum.parse("all").need(3) == 3
+    assert Quorum.parse(2).need(5) == 2
+    for bad in ("most", 0, True, -1):
+        with pytest.raises(ValueError):
+            Quorum.parse(bad)  # type: ignore[arg-type]
+
+
+def test_engine_reports_destination_changes_but_routes_on_the_trunk() -> None:
+    spec = GroupSpec("out", (PathSpec("c", ("trunk:c",)), PathSpec("d", ("trunk:d",))), "auto", 5)
+    eng = Engine({"trunk:c": P, "trunk:d": P}, [spec], {"trunk:c": Quorum.parse("any")})
+    eng.set_dests("trunk:c", [X, Y], 0)
+    eng.observe(Verdict("trunk:d", True, 0, "ok"))
+    step = eng.observe(Verdict("trunk:c", True, 1, "ok"), X)
+    assert [d.new_path for d in step.decisions] == ["c"]
+    eng.observe(Verdict("trunk:c", True, 1, "ok"), Y)
+    step = eng.observe(Verdict("trunk:c", False, 2, "timeout"), Y)
+    assert not step.transitions and not step.decisions
+    assert [t.target for t in step.dest_transitions] == [f"trunk:c/{Y}"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    q=st.sampled_from(["any", "all", 1, 2, 3]),
+    n=st.integers(1, 4),
+    seq=st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=60),
+)
+def test_decided_state_always_agrees_with_the_quorum(
+    q: str | int, n: int, seq: list[tuple[int, bool]]
+) -> None:
+    keys = [f"192.0.2.{i}:5060" for i in range(n)]
+    th = TrunkHealth("trunk:c", P, Quorum.parse(q))
+    th.set_dests(keys, 0)
+    for at, (i, ok) in enumerate(seq, 1):
+        if i < n:
+            feed(th, keys[i], ok, at)
+        states = [d.state for d in th.dests.values()]
+        up, unknown = states.count(State.UP), states.count(State.UNKNOWN)
+        need = th.quorum.need(n)
+        if up >= need:
+            assert th.state is State.UP
+        elif up + unknown < need:
+            assert th.state is State.DOWN
+        elif th.state is State.UNKNOWN:
+            assert unknown > 0
