@@ -30,6 +30,7 @@ from agent.act.netlink import RouteSpec, route_key
 from agent.core.classify import OkCodes
 from agent.core.health import HealthParams
 from agent.core.policy import GroupSpec, PathSpec
+from agent.core.trunk import Quorum
 
 DEFAULT_PATH = "/etc/trunkguard/trunkguard.yaml"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -94,9 +95,41 @@ class ProbeOverrides(Strict):
     retry_after_cap: Duration | None = None
 
 
+def _check_ip(v: str | None) -> str | None:
+    if v is not None:
+        ipaddress.ip_address(v)
+    return v
+
+
+IpAddress = Annotated[str, AfterValidator(_check_ip)]
+
+
+class TlsConfig(Strict):
+    """TLS towards a trunk: system CA store unless ca_file; client cert for mutual TLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None  # SNI and certificate name, default: the URI's host
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        return self
+
+    def files(self) -> list[tuple[str, str]]:
+        return [(k, v) for k in ("ca_file", "cert_file", "key_file") if (v := getattr(self, k))]
+
+
 class TrunkConfig(ProbeOverrides):
     uri: str
     description: str = ""
+    healthy_when: Literal["any", "all"] | Annotated[int, Field(strict=True, ge=1)] = "any"
+    source_address: IpAddress | None = None
+    source_port: int | None = Field(None, ge=0, le=65535)
+    tls: TlsConfig | None = None
 
     @field_validator("uri")
     @classmethod
@@ -104,23 +137,34 @@ class TrunkConfig(ProbeOverrides):
         from agent.sip.uri import parse_uri
 
         uri = parse_uri(v)
-        if uri.transport != "udp":
-            raise ValueError(f"transport {uri.transport} is not supported yet (udp only)")
+        if uri.transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport {uri.transport} is not supported (udp, tcp or tls)")
         return v
+
+    @model_validator(mode="after")
+    def _tls_needs_tls(self) -> TrunkConfig:
+        from agent.sip.uri import parse_uri
+
+        if self.tls is not None and parse_uri(self.uri).transport != "tls":
+            raise ValueError("tls settings need a sips: URI or ;transport=tls")
+        return self
+
+
+class DnsSettings(Strict):
+    nameservers: list[IpAddress] = []  # empty: the system's resolv.conf
+    port: int = Field(53, ge=1, le=65535)
+    timeout: Duration = 2.0
+    min_ttl: Duration = 5.0
+    max_ttl: Duration = 3600.0
 
 
 class SipSettings(Strict):
-    source_address: str | None = None
+    source_address: IpAddress | None = None
     source_port: int = Field(0, ge=0, le=65535)
     user_agent: str = f"trunkguard/{__version__}"
     t1: Duration = 0.5
-
-    @field_validator("source_address")
-    @classmethod
-    def _addr(cls, v: str | None) -> str | None:
-        if v is not None:
-            ipaddress.ip_address(v)
-        return v
+    tls: TlsConfig | None = None  # default for TLS trunks without their own
+    dns: DnsSettings = Field(default_factory=DnsSettings)
 
 
 class NetlinkRoute(Strict):
@@ -263,10 +307,14 @@ class Config(Strict):
     def probe_for(self, trunk: str) -> ProbeSettings:
         """The trunk's effective probe settings: its overrides over the global defaults."""
         t = self.trunks[trunk]
-        own = {
-            k: v for k, v in t.model_dump(exclude={"uri", "description"}).items() if v is not None
-        }
-        return self.probe.model_copy(update=own)
+        dumped = t.model_dump(include=set(ProbeOverrides.model_fields))
+        return self.probe.model_copy(update={k: v for k, v in dumped.items() if v is not None})
+
+    def quorums(self) -> dict[str, Quorum]:
+        return {f"trunk:{n}": Quorum.parse(t.healthy_when) for n, t in self.trunks.items()}
+
+    def tls_for(self, trunk: str) -> TlsConfig | None:
+        return self.trunks[trunk].tls or self.sip.tls
 
     def health_params(self) -> dict[str, HealthParams]:
         out = {}
@@ -396,6 +444,15 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
                     loc = ("routes", gname, "paths", i, "actions", "netlink")
                     msg = f"must route the same prefixes (dst/table/metric) as paths[{first}]"
                     problems.append(lines.problem(loc, msg))
+    tls_places: list[tuple[Loc, TlsConfig]] = [
+        (("trunks", n, "tls"), t.tls) for n, t in cfg.trunks.items() if t.tls
+    ]
+    if cfg.sip.tls:
+        tls_places.append((("sip", "tls"), cfg.sip.tls))
+    for where, tls in tls_places:
+        for fname, path in tls.files():
+            if not Path(path).is_file():
+                problems.append(lines.problem((*where, fname), f"cannot read {path}"))
     if cfg.mqtt and cfg.mqtt.password_file and not Path(cfg.mqtt.password_file).is_file():
         problems.append(
             lines.problem(("mqtt", "password_file"), f"cannot read {cfg.mqtt.password_file}")

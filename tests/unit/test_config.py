@@ -159,3 +159,24 @@ def test_one_route_in_two_groups_is_a_config_error() -> None:
         "routes.inbound.paths[0].actions.netlink: route 203.0.113.0/24 (table 254) is also "
         "steered by group outbound (line 20)"
     ]
+
+
+def test_transports_tls_and_quorum(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    text = GOOD.replace(
+        'carrier-b: {uri: "sip:198.51.100.1", ok_codes: [2xx, 403], fall: 2}',
+        f'carrier-b: {{uri: "sips:carrier.test", healthy_when: all, tls: {{ca_file: {ca}}}}}\n'
+        '  carrier-c: {uri: "sip:carrier.test;transport=tcp", healthy_when: 2}',
+    )
+    cfg = parse_config(text)
+    q = cfg.quorums()
+    assert str(q["trunk:carrier-b"]) == "all" and q["trunk:carrier-c"].n == 2
+    assert cfg.tls_for("carrier-b").ca_file == str(ca)  # type: ignore[union-attr]
+    bad = text.replace(str(ca), str(tmp_path / "nope.pem"))
+    assert any(p.startswith("trunks.carrier-b.tls.ca_file: cannot read") for p in problems(bad))
+    bad = text.replace('"sip:carrier.test;transport=tcp", healthy_when: 2',
+                       '"sip:carrier.test;transport=tcp", tls: {verify: false}')
+    assert any("tls settings need a sips: URI" in p for p in problems(bad))
+    bad = text.replace("healthy_when: 2", "healthy_when: most")
+    assert any(p.startswith("trunks.carrier-c.healthy_when") for p in problems(bad))
