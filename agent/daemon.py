@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -28,14 +27,12 @@ from agent.act.netlink import NetlinkActuator, RouteSpec
 from agent.bus.mqtt import MqttPublisher, MqttSettings
 from agent.config import Config, ConfigError, load_config
 from agent.control import ControlError, ControlServer
-from agent.core.classify import OkCodes, classify
 from agent.core.engine import Engine, Step
-from agent.core.events import Decision, ProbeOutcome, State, Transition
+from agent.core.events import Decision, ProbeOutcome, State, Transition, Verdict
 from agent.obs import systemd
 from agent.obs.logging import configure_logging, get_logger
 from agent.obs.metrics import Metrics
-from agent.sip.prober import UdpProber
-from agent.sip.uri import SipUri, parse_uri
+from agent.watch.trunks import TrunkPlan, TrunkWatcher
 
 Observer = Callable[[str, Mapping[str, Any]], None]
 STATES = [s.value for s in State]
@@ -49,14 +46,6 @@ class _Pending:
     cause_at: float
     decided_at: float
     waiting: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _TrunkRun:
-    uri: SipUri
-    timeout: float
-    ok_codes: OkCodes
-    retry_after_cap: float
 
 
 def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
@@ -100,19 +89,17 @@ class Daemon:
         self.started = self.clock()
         self.wall_offset = time.time() - self.started
         self.metrics = Metrics(mqtt_enabled=cfg.mqtt is not None)
-        self.engine = Engine(cfg.health_params(), cfg.group_specs())
+        self.engine = Engine(cfg.health_params(), cfg.group_specs(), cfg.quorums())
         self.seq = 0
         self.last_outcome: dict[str, ProbeOutcome] = {}
         self.pending: dict[str, _Pending] = {}
         self.convergers: list[Converger] = []
         self.pushed: dict[str, str] = {}
         self.mqtt: MqttPublisher | None = None
-        self.prober: UdpProber | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._save_wake = asyncio.Event()
-        self._probe_wake: dict[str, asyncio.Event] = {}
         self._restore()
 
     # ---- intent kept across restarts -------------------------------------------------
@@ -236,8 +223,6 @@ class Daemon:
             await control.close()
             if stop_metrics:
                 stop_metrics()
-            if self.prober:
-                self.prober.close()
         return 0
 
     def _mqtt_settings(self) -> MqttSettings:
@@ -295,7 +280,7 @@ class Daemon:
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in changed})
         self.cfg = new
         configure_logging(new.log_level, self.json_logs)
-        self.engine.reconfigure(new.health_params(), new.group_specs())
+        self.engine.reconfigure(new.health_params(), new.group_specs(), new.quorums())
         self.metrics.config_reload_total.labels(result="ok").inc()
         self.log.info("config reloaded", trunks=len(new.trunks), groups=len(new.routes))
         systemd.ready("reloaded")
@@ -305,14 +290,15 @@ class Daemon:
 
     async def _generation(self) -> None:
         cfg = self.cfg
-        if self.prober is not None:
-            self.prober.close()
-        self.prober = UdpProber(
-            user_agent=cfg.sip.user_agent,
-            source_address=cfg.sip.source_address,
-            source_port=cfg.sip.source_port,
-            t1=cfg.sip.t1,
+        watcher = TrunkWatcher(
+            cfg,
+            health=lambda target: self.engine.targets.get(target),
+            on_result=self._on_probe,
+            on_dests=self._on_dests,
             on_unmatched=self._unmatched,
+            on_transport_event=self._transport_event,
+            log=self.log,
+            clock=self.clock,
         )
         env = {"TRUNKGUARD_SITE": cfg.site, "TRUNKGUARD_NODE": cfg.node}
         self.convergers = [
@@ -330,73 +316,46 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 for c in self.convergers:
                     tg.create_task(self._supervise(f"actuator {c.actuator.name}", c.run))
-                for name in cfg.trunks:
-                    tg.create_task(
-                        self._supervise(f"probe {name}", functools.partial(self._probe_loop, name))
-                    )
+                tg.create_task(watcher.run(self._supervise))
                 tg.create_task(self._supervise("timers", self._timer_loop))
                 self._push_desired()
         finally:
+            watcher.close()
             for c in self.convergers:
                 with contextlib.suppress(Exception):
                     await c.actuator.close()
 
-    async def _probe_loop(self, trunk: str) -> None:
-        target = f"trunk:{trunk}"
-        p = self.cfg.probe_for(trunk)
-        run = _TrunkRun(
-            parse_uri(self.cfg.trunks[trunk].uri),
-            p.timeout,
-            OkCodes.parse(p.ok_codes),
-            p.retry_after_cap,
-        )
-        wake = self._probe_wake.setdefault(target, asyncio.Event())
-        last_start = float("-inf")
-        async with asyncio.TaskGroup() as probes:
-            while True:
-                wake.clear()
-                th = self.engine.targets[target]
-                due = max(last_start + th.next_delay(), th.not_before() or 0.0)
-                now = self.clock()
-                if due > now:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), due - now)
-                    continue
-                last_start = now
-                # Probes may overlap: in fast re-probe the next one starts before the
-                # previous deadline, which is what keeps detection near fall*fast_interval.
-                probes.create_task(self._probe_once(trunk, target, run))
-
-    async def _probe_once(self, trunk: str, target: str, run: _TrunkRun) -> None:
-        assert self.prober is not None
-        try:
-            outcome = await self.prober.probe_uri(run.uri, timeout=run.timeout)
-        except Exception as e:  # the prober must never kill the loop; count it as a failure
-            self.log.exception("probe crashed", trunk=trunk)
-            outcome = ProbeOutcome(self.clock(), "send_error", detail=str(e))
-        self.last_outcome[target] = outcome
-        m = self.metrics
+    def _on_probe(self, plan: TrunkPlan, dest: str, outcome: ProbeOutcome, v: Verdict) -> None:
+        m, trunk = self.metrics, plan.name
+        self.last_outcome[plan.target] = outcome
         if outcome.reason == "response" and outcome.code is not None:
-            m.sip_options_responses_total.labels(trunk=trunk, code=str(outcome.code)).inc()
+            m.sip_options_responses_total.labels(trunk, dest, str(outcome.code)).inc()
             if outcome.rtt is not None:
-                m.sip_options_rtt_seconds.labels(trunk=trunk).observe(outcome.rtt)
-        verdict = classify(
-            outcome, target=target, ok_codes=run.ok_codes, retry_after_cap=run.retry_after_cap
-        )
-        if not verdict.ok:
+                m.sip_options_rtt_seconds.labels(trunk, dest).observe(outcome.rtt)
+        if not v.ok:
             reason = "status" if outcome.reason == "response" else outcome.reason
             m.probe_failures_total.labels(trunk=trunk, reason=reason).inc()
         self._observe(
             "probe",
-            target=target,
-            ok=verdict.ok,
-            reason=verdict.reason,
+            target=plan.target,
+            dest=dest,
+            ok=v.ok,
+            reason=v.reason,
             code=outcome.code,
             rtt=outcome.rtt,
             at=outcome.at,
         )
-        self._handle(self.engine.observe(verdict))
-        self._probe_wake[target].set()
+        self._handle(self.engine.observe(v, dest))
+
+    def _on_dests(self, target: str, dests: list[str]) -> None:
+        th = self.engine.targets.get(target)
+        if th is not None and set(th.dests) != set(dests):
+            self.log.info("destinations", target=target, dests=dests)
+        self._handle(self.engine.set_dests(target, dests, self.clock()))
+
+    def _transport_event(self, key: str, kind: str, detail: str) -> None:
+        # The stream prober reports a transport problem once per change, not per probe.
+        self.log.warning("transport problem", connection=key, kind=kind, detail=detail)
 
     def _unmatched(self, reason: str) -> None:
         self.metrics.sip_unmatched_responses_total.labels(reason=reason).inc()
@@ -417,6 +376,8 @@ class Daemon:
     def _handle(self, step: Step) -> None:
         if not step and self.pushed == self.engine.desired():
             return
+        for t in step.dest_transitions:
+            self._on_dest_transition(t)
         for t in step.transitions:
             self._on_transition(t)
         for d in step.decisions:
@@ -447,6 +408,23 @@ class Daemon:
             "at": self._wall(t.at),
         }
         self._announce("transition", payload, t.at, f"{kind}s/{name}", self._target_json(t.target))
+
+    def _on_dest_transition(self, t: Transition) -> None:
+        """One resolved target of a multi-target trunk changed; the trunk may not have."""
+        target, _, dest = t.target.partition("/")
+        name = target.partition(":")[2]
+        self.log.info(
+            "destination transition",
+            target=target,
+            dest=dest,
+            old=t.old.value,
+            new=t.new.value,
+            reason=t.reason,
+        )
+        self.metrics.trunk_target_up.labels(name, dest).set(1 if t.new is State.UP else 0)
+        if self.mqtt:
+            payload = {"state": t.new.value, "since": self._wall(t.at), "reason": t.reason}
+            self.mqtt.publish(f"trunks/{name}/targets/{dest}", payload, retain=True)
 
     def _on_decision(self, d: Decision) -> None:
         g = self.engine.groups[d.group]
@@ -569,6 +547,11 @@ class Daemon:
             out["last_rtt_ms"] = None if o.rtt is None else round(o.rtt * 1000, 2)
         if th.hold_until:
             out["hold_until"] = self._wall(th.hold_until)
+        if len(th.dests) > 1 or any(th.dests):
+            out["healthy_when"] = str(th.quorum)
+            out["targets"] = {
+                k: {"state": d.state.value, "reason": d.reason} for k, d in th.dests.items()
+            }
         return out
 
     def _route_json(self, group: str) -> dict[str, Any]:

@@ -43,15 +43,21 @@ class Metrics:
         )
         self.sip_options_rtt_seconds = Histogram(
             "trunkguard_sip_options_rtt_seconds",
-            "Round-trip time of answered SIP OPTIONS probes.",
-            ["trunk"],
+            "Round-trip time of answered SIP OPTIONS probes, per resolved target.",
+            ["trunk", "target"],
             buckets=RTT_BUCKETS,
             registry=r,
         )
         self.sip_options_responses_total = Counter(
             "trunkguard_sip_options_responses_total",
-            "Final responses to SIP OPTIONS probes by status code.",
-            ["trunk", "code"],
+            "Final responses to SIP OPTIONS probes by status code, per resolved target.",
+            ["trunk", "target", "code"],
+            registry=r,
+        )
+        self.trunk_target_up = Gauge(
+            "trunkguard_trunk_target_up",
+            "1 when this resolved target of a multi-target trunk is up.",
+            ["trunk", "target"],
             registry=r,
         )
         self.probe_failures_total = Counter(

@@ -48,8 +48,8 @@ def test_exporter_serves_names_and_labels(served: tuple[Metrics, str]) -> None:
     m, url = served
     m.target_up.labels("trunk", "carrierA").set(1)
     m.set_target_state("trunk", "carrierA", "up", ["unknown", "up", "down"])
-    m.sip_options_rtt_seconds.labels("carrierA").observe(0.012)
-    m.sip_options_responses_total.labels("carrierA", "200").inc()
+    m.sip_options_rtt_seconds.labels("carrierA", "192.0.2.1:5060").observe(0.012)
+    m.sip_options_responses_total.labels("carrierA", "192.0.2.1:5060", "200").inc()
     m.probe_failures_total.labels("carrierA", "timeout").inc(2)
     m.sip_unmatched_responses_total.labels("unknown_branch").inc()
     m.failovers_total.labels("pstn").inc()
@@ -65,9 +65,12 @@ def test_exporter_serves_names_and_labels(served: tuple[Metrics, str]) -> None:
     assert value(s, "trunkguard_target_up", kind="trunk", name="carrierA") == 1
     assert value(s, "trunkguard_target_state", kind="trunk", name="carrierA", state="up") == 1
     assert value(s, "trunkguard_target_state", kind="trunk", name="carrierA", state="down") == 0
-    assert value(s, "trunkguard_sip_options_rtt_seconds_bucket", trunk="carrierA", le="0.025") == 1
-    assert value(s, "trunkguard_sip_options_rtt_seconds_bucket", trunk="carrierA", le="0.01") == 0
-    assert value(s, "trunkguard_sip_options_responses_total", trunk="carrierA", code="200") == 1
+    rtt = "trunkguard_sip_options_rtt_seconds_bucket"
+    t = "192.0.2.1:5060"
+    assert value(s, rtt, trunk="carrierA", target=t, le="0.025") == 1
+    assert value(s, rtt, trunk="carrierA", target=t, le="0.01") == 0
+    resp = "trunkguard_sip_options_responses_total"
+    assert value(s, resp, trunk="carrierA", target=t, code="200") == 1
     assert value(s, "trunkguard_probe_failures_total", trunk="carrierA", reason="timeout") == 2
     assert value(s, "trunkguard_sip_unmatched_responses_total", reason="unknown_branch") == 1
     assert value(s, "trunkguard_failovers_total", group="pstn") == 1
@@ -88,7 +91,7 @@ def test_exporter_serves_names_and_labels(served: tuple[Metrics, str]) -> None:
 
 def test_histogram_buckets_span_the_documented_ranges() -> None:
     m = Metrics()
-    m.sip_options_rtt_seconds.labels("t").observe(1)
+    m.sip_options_rtt_seconds.labels("t", "x").observe(1)
     m.reroute_seconds.labels("g").observe(1)
     s = scrape_registry(m)
     rtt = {float(x.labels["le"]) for x in s["trunkguard_sip_options_rtt_seconds_bucket"]}
