@@ -40,6 +40,7 @@ sip:
 trunks:
   either: {{uri: "sip:carrier.test;transport=udp", healthy_when: any}}
   both: {{uri: "sip:carrier.test;transport=udp", healthy_when: all}}
+  ghost: {{uri: "sip:nowhere.test"}}
 routes:
   outbound:
     paths:
@@ -48,6 +49,12 @@ routes:
 """)
         agent = Agent(cfg)
         try:
+            ghost = agent.wait_for(
+                lambda e: e.get("event") == "target transition" and e.get("target") == "trunk:ghost",
+                15,
+                "unresolvable trunk verdict",
+            )
+            assert ghost["new"] == "down" and "dns: nowhere.test" in ghost["reason"]
             agent.wait_for(agent.applied("both"), 15, "route via the all-targets trunk")
             status = json.loads(
                 cli("status", "--socket", f"{tmp_path}/control.sock", "--json").stdout
