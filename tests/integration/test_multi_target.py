@@ -50,7 +50,9 @@ routes:
         agent = Agent(cfg)
         try:
             ghost = agent.wait_for(
-                lambda e: e.get("event") == "target transition" and e.get("target") == "trunk:ghost",
+                lambda e: (
+                    e.get("event") == "target transition" and e.get("target") == "trunk:ghost"
+                ),
                 15,
                 "unresolvable trunk verdict",
             )
