@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -36,6 +37,32 @@ from agent.watch.trunks import TrunkPlan, TrunkWatcher
 
 Observer = Callable[[str, Mapping[str, Any]], None]
 STATES = [s.value for s in State]
+
+
+class _ProbeMetrics:
+    """Metric children of one (trunk, target), looked up once instead of per probe."""
+
+    __slots__ = ("_failures", "_m", "_responses", "dest", "rtt", "trunk")
+
+    def __init__(self, m: Metrics, trunk: str, dest: str) -> None:
+        self._m, self.trunk, self.dest = m, trunk, dest
+        self.rtt = m.sip_options_rtt_seconds.labels(trunk, dest)
+        self._responses: dict[int, Any] = {}
+        self._failures: dict[str, Any] = {}
+
+    def response(self, code: int) -> None:
+        c = self._responses.get(code)
+        if c is None:
+            c = self._responses[code] = self._m.sip_options_responses_total.labels(
+                self.trunk, self.dest, str(code)
+            )
+        c.inc()
+
+    def failure(self, reason: str) -> None:
+        c = self._failures.get(reason)
+        if c is None:
+            c = self._failures[reason] = self._m.probe_failures_total.labels(self.trunk, reason)
+        c.inc()
 
 
 @dataclass
@@ -92,6 +119,7 @@ class Daemon:
         self.engine = Engine(cfg.health_params(), cfg.group_specs(), cfg.quorums())
         self.seq = 0
         self.last_outcome: dict[str, ProbeOutcome] = {}
+        self._probe_metrics: dict[tuple[str, str], _ProbeMetrics] = {}
         self.pending: dict[str, _Pending] = {}
         self.convergers: list[Converger] = []
         self.pushed: dict[str, str] = {}
@@ -185,6 +213,8 @@ class Daemon:
                 gen = tg.create_task(self._generation())
                 self._publish_state()
                 systemd.ready(f"probing {len(self.cfg.trunks)} trunks")
+                _quiet_gc()
+                loop.call_later(max(self.cfg.probe.interval, 1.0) * 5, _quiet_gc)
                 self.log.info(
                     "started",
                     version=__version__,
@@ -326,26 +356,35 @@ class Daemon:
                     await c.actuator.close()
 
     def _on_probe(self, plan: TrunkPlan, dest: str, outcome: ProbeOutcome, v: Verdict) -> None:
-        m, trunk = self.metrics, plan.name
+        # The hot path: 10,000 trunks mean 10,000 calls a second.
         self.last_outcome[plan.target] = outcome
+        pm = self._probe_metrics.get((plan.name, dest))
+        if pm is None:
+            pm = self._probe_metrics[(plan.name, dest)] = _ProbeMetrics(
+                self.metrics, plan.name, dest
+            )
         if outcome.reason == "response" and outcome.code is not None:
-            m.sip_options_responses_total.labels(trunk, dest, str(outcome.code)).inc()
+            pm.response(outcome.code)
             if outcome.rtt is not None:
-                m.sip_options_rtt_seconds.labels(trunk, dest).observe(outcome.rtt)
+                pm.rtt.observe(outcome.rtt)
         if not v.ok:
-            reason = "status" if outcome.reason == "response" else outcome.reason
-            m.probe_failures_total.labels(trunk=trunk, reason=reason).inc()
-        self._observe(
-            "probe",
-            target=plan.target,
-            dest=dest,
-            ok=v.ok,
-            reason=v.reason,
-            code=outcome.code,
-            rtt=outcome.rtt,
-            at=outcome.at,
-        )
-        self._handle(self.engine.observe(v, dest))
+            pm.failure("status" if outcome.reason == "response" else outcome.reason)
+        if self.observer is not None:
+            self.observer(
+                "probe",
+                {
+                    "target": plan.target,
+                    "dest": dest,
+                    "ok": v.ok,
+                    "reason": v.reason,
+                    "code": outcome.code,
+                    "rtt": outcome.rtt,
+                    "at": outcome.at,
+                },
+            )
+        step = self.engine.observe(v, dest)
+        if step:
+            self._handle(step)
 
     def _on_dests(self, target: str, dests: list[str]) -> None:
         th = self.engine.targets.get(target)
@@ -374,7 +413,8 @@ class Daemon:
     # ---- carrying out a Step ----------------------------------------------------------
 
     def _handle(self, step: Step) -> None:
-        if not step and self.pushed == self.engine.desired():
+        # Desired routing only changes through a non-empty step (transitions, decisions).
+        if not step:
             return
         for t in step.dest_transitions:
             self._on_dest_transition(t)
@@ -633,6 +673,17 @@ class Daemon:
             if not matches
             else f"ambiguous target {name!r}: use one of {', '.join(matches)}"
         )
+
+
+def _quiet_gc() -> None:
+    """Move what start-up built (config, health machines, schedule) out of the cyclic GC.
+
+    At 10,000 trunks full collections of those long-lived objects took ~40% of a core
+    in 300 ms stop-the-world pauses; per-probe garbage is short-lived and acyclic.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 async def run_daemon(config_path: str, cfg: Config, **kw: Any) -> int:

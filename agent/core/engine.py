@@ -7,7 +7,7 @@ decisions; `desired()` is what the actuators converge to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from agent.core.events import Decision, State, Transition, Verdict
@@ -70,6 +70,12 @@ class Engine:
                     gp.active, gp.ready = None, False  # decided afresh on the next evaluation
                 gp.qualified_since = {k: v for k, v in gp.qualified_since.items() if k in paths}
             self.groups[spec.name] = gp
+        # Which groups a target feeds: a transition re-evaluates only those.
+        self._groups_of: dict[str, list[GroupPolicy]] = {}
+        for gp in self.groups.values():
+            for t in gp.spec.targets:
+                self._groups_of.setdefault(t, []).append(gp)
+        self._view = _States(self.targets)
 
     def states(self) -> dict[str, State]:
         return {name: th.state for name, th in self.targets.items()}
@@ -112,11 +118,11 @@ class Engine:
         return self._after([t] if t else [], now, now)
 
     def failover(self, group: str, path: str, now: float) -> Step:
-        d = self._group(group).pin(path, self.states(), now)
+        d = self._group(group).pin(path, self._view, now)
         return Step([], [d] if d else [])
 
     def failback(self, group: str, now: float) -> Step:
-        d = self._group(group).release(self.states(), now)
+        d = self._group(group).release(self._view, now)
         return Step([], [d] if d else [])
 
     def _group(self, name: str) -> GroupPolicy:
@@ -126,10 +132,30 @@ class Engine:
         return g
 
     def _after(self, ts: list[Transition], now: float, cause_at: float | None) -> Step:
+        """Re-evaluate the groups these transitions feed (all groups on a timer tick)."""
         step = Step(ts)
-        states = self.states()
-        for g in self.groups.values():
-            d = g.evaluate(states, now, cause_at)
+        groups: Iterable[GroupPolicy] = self.groups.values()
+        if ts:
+            fed = {id(g) for t in ts for g in self._groups_of.get(t.target, ())}
+            groups = [g for g in groups if id(g) in fed]  # config order, as before
+        for g in groups:
+            d = g.evaluate(self._view, now, cause_at)
             if d is not None:
                 step.decisions.append(d)
         return step
+
+
+class _States(Mapping[str, State]):
+    """A live read-only view of target states: no per-transition copy of 10,000 entries."""
+
+    def __init__(self, targets: dict[str, TrunkHealth]) -> None:
+        self._t = targets
+
+    def __getitem__(self, key: str) -> State:
+        return self._t[key].state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)

@@ -9,10 +9,13 @@ pending, never before a Retry-After hold-down ends).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
+import ipaddress
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from agent.config import Config
@@ -69,6 +72,26 @@ def plans(cfg: Config) -> list[TrunkPlan]:
     return out
 
 
+@dataclass(eq=False, slots=True)
+class _Dest:
+    """One resolved destination of a trunk and its place in the probe schedule."""
+
+    plan: TrunkPlan
+    key: str
+    dest: Destination | None  # None: the name does not resolve
+    last_start: float = -math.inf
+    due: float = math.inf  # when its live heap entry fires
+    live: bool = True
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 ResultSink = Callable[[TrunkPlan, str, ProbeOutcome, Verdict], None]
 DestSink = Callable[[str, list[str]], None]
 
@@ -105,8 +128,15 @@ class TrunkWatcher:
         )
         self._udp: dict[Source, UdpProber] = {}
         self._stream: dict[Source, StreamProber] = {}
-        self._wake: dict[tuple[str, str], asyncio.Event] = {}
         self._dns_error: dict[str, str] = {}
+        self._expires: dict[str, float] = {}
+        self._dests: dict[str, dict[str, _Dest]] = {}
+        self._heap: list[tuple[float, int, _Dest]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: set[asyncio.Future[ProbeOutcome]] = set()
 
     def udp(self, source: Source) -> UdpProber:
         p = self._udp.get(source)
@@ -135,84 +165,143 @@ class TrunkWatcher:
         return p
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for d in (d for dests in self._dests.values() for d in dests.values()):
+            d.live = False
+        for t in self._inflight:
+            t.cancel()
         for u in self._udp.values():
             u.close()
         for s in self._stream.values():
             s.close()
 
     async def run(self, supervise: Callable[..., Any]) -> None:
+        """Resolve every trunk, then probe; only DNS-named trunks keep a task (re-resolving)."""
+        self._loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
             for plan in plans(self.cfg):
-                tg.create_task(supervise(f"trunk {plan.name}", lambda p=plan: self._trunk(p)))
+                if _is_ip(plan.uri.host):
+                    await self._resolve(plan)  # no DNS: immediate, and never again
+                else:
+                    tg.create_task(supervise(f"dns {plan.name}", partial(self._dns_loop, plan)))
+            await asyncio.Event().wait()  # the heap and the DNS loops do the work
 
-    async def _trunk(self, plan: TrunkPlan) -> None:
-        """Re-resolve when the answer expires; keep one probe loop per destination."""
-        loops: dict[str, asyncio.Task[None]] = {}
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                try:
-                    res = await self.resolver.resolve(plan.uri)
-                    dests: dict[str, Destination | None] = {d.key: d for d in res.destinations}
-                    if self._dns_error.pop(plan.target, None):
-                        self.log.info("name resolves again", trunk=plan.name, dests=list(dests))
-                    expires = res.expires_at
-                except DnsError as e:
-                    # Never "still up" on stale data: the trunk gets one failing destination.
-                    if self._dns_error.get(plan.target) != str(e):
-                        self.log.warning("name does not resolve", trunk=plan.name, error=str(e))
-                    self._dns_error[plan.target] = str(e)
-                    dests, expires = {DNS_KEY: None}, self.clock() + plan.interval
-                if set(dests) != set(loops):
-                    self.on_dests(plan.target, list(dests))
-                    for key in set(loops) - set(dests):
-                        loops.pop(key).cancel()
-                    for key in dests.keys() - loops.keys():
-                        loops[key] = tg.create_task(self._dest(plan, key, dests[key]))
-                if math.isinf(expires):
-                    await asyncio.Event().wait()  # an IP literal never changes
-                await asyncio.sleep(max(expires - self.clock(), 1.0))
+    async def _dns_loop(self, plan: TrunkPlan) -> None:
+        while True:
+            await self._resolve(plan)
+            await asyncio.sleep(max(self._expires[plan.target] - self.clock(), 1.0))
 
-    async def _dest(self, plan: TrunkPlan, key: str, dest: Destination | None) -> None:
-        wake = self._wake.setdefault((plan.target, key), asyncio.Event())
-        last_start = -math.inf
-        async with asyncio.TaskGroup() as probes:
-            while True:
-                wake.clear()
-                th = self.health(plan.target)
-                if th is None:
-                    return
-                due = max(last_start + th.next_delay(key), th.not_before(key) or 0.0)
-                now = self.clock()
-                if due > now:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(due - now):
-                            await wake.wait()
-                    continue
-                last_start = now
-                # Probes may overlap: in fast re-probe the next one starts before the
-                # previous deadline, which keeps detection near the documented bound.
-                probes.create_task(self._probe(plan, key, dest, wake))
-
-    async def _probe(
-        self, plan: TrunkPlan, key: str, dest: Destination | None, wake: asyncio.Event
-    ) -> None:
+    async def _resolve(self, plan: TrunkPlan) -> float:
+        """Resolve a trunk now and adjust its destinations; returns when to do it again."""
         try:
-            outcome = await self._send(plan, dest)
-        except Exception as e:  # a prober bug must not kill the loop; it is a failure
-            self.log.exception("probe crashed", trunk=plan.name, dest=key)
-            outcome = ProbeOutcome(self.clock(), "send_error", detail=str(e))
+            res = await self.resolver.resolve(plan.uri)
+            dests: dict[str, Destination | None] = {d.key: d for d in res.destinations}
+            if self._dns_error.pop(plan.target, None):
+                self.log.info("name resolves again", trunk=plan.name, dests=list(dests))
+            expires = res.expires_at
+        except DnsError as e:
+            # Never "still up" on stale data: the trunk gets one failing destination.
+            if self._dns_error.get(plan.target) != str(e):
+                self.log.warning("name does not resolve", trunk=plan.name, error=str(e))
+            self._dns_error[plan.target] = str(e)
+            dests, expires = {DNS_KEY: None}, self.clock() + plan.interval
+        self._expires[plan.target] = expires
+        have = self._dests.setdefault(plan.target, {})
+        if set(dests) != set(have):
+            self.on_dests(plan.target, list(dests))
+            for key in set(have) - set(dests):
+                have.pop(key).live = False
+            now = self.clock()
+            for key in dests.keys() - have.keys():
+                d = have[key] = _Dest(plan, key, dests[key])
+                # Spread first probes over the interval: 10,000 trunks probed in phase
+                # would answer in one burst and overflow the socket's receive buffer.
+                self._schedule(d, now + random.uniform(0, plan.interval))  # noqa: S311
+        return expires
+
+    # ---- one timer heap for every destination --------------------------------------
+
+    def _schedule(self, d: _Dest, due: float) -> None:
+        """Make d due at `due` unless it is already due sooner."""
+        if not d.live or due >= d.due:
+            return
+        d.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, d))
+        if self._timer is None or due < self._timer_due:
+            self._arm(due)
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_due = due
+        self._timer = self._loop.call_at(self._loop.time() + (due - self.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.clock()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, d = heapq.heappop(heap)
+            if not d.live or due != d.due:
+                continue  # superseded by an earlier reschedule, or removed by DNS
+            d.due = math.inf
+            d.last_start = now
+            try:
+                self._start(d)
+            except Exception:  # keep the schedule alive whatever one start does
+                self.log.exception("probe start failed", trunk=d.plan.name, dest=d.key)
+            self._reschedule(d, now)
+        if heap:
+            self._arm(heap[0][0])
+
+    def _reschedule(self, d: _Dest, now: float) -> None:
+        th = self.health(d.plan.target)
+        if th is None:
+            d.live = False
+            return
+        # Probes may overlap: in fast re-probe the next one starts before the previous
+        # deadline, which keeps detection near the documented bound.
+        due = max(d.last_start + th.next_delay(d.key), th.not_before(d.key) or 0.0, now)
+        self._schedule(d, due)
+
+    def _start(self, d: _Dest) -> None:
+        if d.dest is None:
+            outcome = ProbeOutcome(
+                self.clock(), "dns", detail=self._dns_error.get(d.plan.target, "")
+            )
+            self._loop.call_soon(self._done, d, outcome)  # type: ignore[union-attr]
+            return
+        task = asyncio.ensure_future(self._send(d.plan, d.dest))
+        self._inflight.add(task)
+        task.add_done_callback(partial(self._task_done, d))
+
+    def _task_done(self, d: _Dest, task: asyncio.Future[ProbeOutcome]) -> None:
+        self._inflight.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a prober bug must not stop probing; it is a failure
+            self.log.error("probe crashed", trunk=d.plan.name, dest=d.key, error=repr(exc))
+            self._done(d, ProbeOutcome(self.clock(), "send_error", detail=str(exc)))
+        else:
+            self._done(d, task.result())
+
+    def _done(self, d: _Dest, outcome: ProbeOutcome) -> None:
+        plan = d.plan
         verdict = classify(
             outcome,
             target=plan.target,
             ok_codes=plan.ok_codes,
             retry_after_cap=plan.retry_after_cap,
         )
-        self.on_result(plan, key, outcome, verdict)
-        wake.set()
+        if d.live:
+            self.on_result(plan, d.key, outcome, verdict)
+            self._reschedule(d, self.clock())  # a pending change probes sooner
 
-    async def _send(self, plan: TrunkPlan, dest: Destination | None) -> ProbeOutcome:
-        if dest is None:
-            return ProbeOutcome(self.clock(), "dns", detail=self._dns_error.get(plan.target, ""))
+    async def _send(self, plan: TrunkPlan, dest: Destination) -> ProbeOutcome:
         if dest.transport == "udp":
             return await self.udp(plan.source).probe(
                 dest.host, dest.port, request_uri=str(plan.uri), timeout=plan.timeout
