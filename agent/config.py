@@ -33,6 +33,7 @@ from agent.core.policy import GroupSpec, PathSpec
 from agent.core.trunk import Quorum
 
 DEFAULT_PATH = "/etc/trunkguard/trunkguard.yaml"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -462,8 +463,9 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One parse (libyaml when present): the node tree gives line numbers and the data.
+        root = yaml.compose(text, Loader=_LOADER)
+        data = None if root is None else yaml.constructor.SafeConstructor().construct_document(root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
