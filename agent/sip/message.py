@@ -7,8 +7,10 @@ long form ("v" -> "via"), values with folding undone, in wire order.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import string
 from dataclasses import dataclass
 
 MAX_MESSAGE = 65535  # nothing larger fits in a UDP datagram
@@ -19,7 +21,7 @@ _COMPACT = {
     "o": "event", "r": "refer-to", "s": "subject", "t": "to", "u": "allow-events",
     "v": "via", "x": "session-expires", "y": "identity",
 }
-_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN_CHARS = string.ascii_letters + string.digits + "-.!%*_+`'~"  # RFC 3261 token
 _STATUS = re.compile(r"SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?\Z", re.IGNORECASE)
 _REQUEST = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/2\.0\Z", re.IGNORECASE)
 _CSEQ = re.compile(r"([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
@@ -56,30 +58,76 @@ def build_options(*, request_uri: str, via_host: str, via_port: int, transport: 
                   branch: str, call_id: str, from_uri: str, from_tag: str, to_uri: str,
                   cseq: int, contact: str, user_agent: str, max_forwards: int = 70) -> bytes:
     """An OPTIONS request; raises ValueError if any field would break the framing."""
-    if ":" in via_host and not via_host.startswith("["):
-        via_host = f"[{via_host}]"
-    lines = [
-        f"OPTIONS {request_uri} SIP/2.0",
-        f"Via: SIP/2.0/{transport.upper()} {via_host}:{via_port};rport;branch={branch}",
-        f"Max-Forwards: {max_forwards}",
-        f"From: {_angle(from_uri)};tag={from_tag}",
-        f"To: {_angle(to_uri)}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} OPTIONS",
-        f"Contact: {_angle(contact)}",
-        "Accept: application/sdp",
-        f"User-Agent: {user_agent}",
-        "Content-Length: 0",
-    ]
-    if not request_uri or any(c.isspace() for c in request_uri):
-        raise ValueError(f"bad Request-URI {request_uri!r}")
-    return _join(lines)
+    template = OptionsTemplate(
+        request_uri=request_uri, via_host=via_host, via_port=via_port, transport=transport,
+        from_uri=from_uri, to_uri=to_uri, cseq=cseq, contact=contact, user_agent=user_agent,
+        max_forwards=max_forwards)
+    return template.render(branch=branch, call_id=call_id, from_tag=from_tag)
+
+
+class OptionsTemplate:
+    """The fixed part of an OPTIONS request, formatted and checked once.
+
+    Only the three per-transaction values differ between two probes of the same
+    destination: the Via branch, the From tag and the Call-ID. render() fills in given
+    ones (checked); fresh() draws new random ones (one call to the CSPRNG) for the hot
+    path. The bytes are exactly what build_options produces for the same fields.
+    """
+
+    __slots__ = ("_after_branch", "_after_tag", "_head", "_tail", "_tail_at", "call_id_host")
+
+    def __init__(self, *, request_uri: str, via_host: str, via_port: int,
+                 transport: str = "UDP", from_uri: str, to_uri: str, cseq: int, contact: str,
+                 user_agent: str, max_forwards: int = 70, call_id_host: str = "") -> None:
+        if ":" in via_host and not via_host.startswith("["):
+            via_host = f"[{via_host}]"
+        head = (f"OPTIONS {request_uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/{transport.upper()} {via_host}:{via_port};rport;branch=")
+        after_branch = f"\r\nMax-Forwards: {max_forwards}\r\nFrom: {_angle(from_uri)};tag="
+        after_tag = f"\r\nTo: {_angle(to_uri)}\r\nCall-ID: "
+        tail = (f"\r\nCSeq: {cseq} OPTIONS\r\nContact: {_angle(contact)}\r\n"
+                f"Accept: application/sdp\r\nUser-Agent: {user_agent}\r\n"
+                "Content-Length: 0\r\n\r\n")
+        if not request_uri or any(c.isspace() for c in request_uri):
+            raise ValueError(f"bad Request-URI {request_uri!r}")
+        _check_lines([transport, via_host, from_uri, to_uri, contact, user_agent, call_id_host])
+        self.call_id_host = call_id_host
+        self._head = head.encode()
+        self._after_branch = after_branch.encode()
+        self._after_tag = after_tag.encode()
+        self._tail = tail.encode()
+        self._tail_at = f"@{call_id_host}{tail}".encode()
+
+    def render(self, *, branch: str, call_id: str, from_tag: str) -> bytes:
+        """The request with these ids; ValueError if one would break the framing."""
+        _check_lines([branch, from_tag, call_id])
+        return b"".join((self._head, branch.encode(), self._after_branch, from_tag.encode(),
+                         self._after_tag, call_id.encode(), self._tail))
+
+    def fresh(self) -> tuple[str, str, bytes]:
+        """(branch, Call-ID, request) with a new branch, From tag and Call-ID.
+
+        As random as new_branch(), new_tag() and new_call_id(call_id_host) (96, 64 and
+        96 bits, independent), from a single 32-byte draw.
+        """
+        ids = os.urandom(32).hex()  # what secrets.token_hex(32) does, minus two calls
+        raw = ids.encode()
+        return ("z9hG4bK" + ids[:24], f"{ids[40:]}@{self.call_id_host}",
+                b"".join((self._head, b"z9hG4bK", raw[:24], self._after_branch, raw[24:40],
+                          self._after_tag, raw[40:], self._tail_at)))
+
+
+_BREAKS = re.compile(r"[\r\n\0]")
+
+
+def _check_lines(lines: list[str]) -> None:
+    for line in lines:
+        if _BREAKS.search(line):
+            raise ValueError(f"line break or NUL inside a header: {line[:40]!r}")
 
 
 def _join(lines: list[str]) -> bytes:
-    for line in lines:
-        if any(c in line for c in "\r\n\0"):
-            raise ValueError(f"line break or NUL inside a header: {line[:40]!r}")
+    _check_lines(lines)
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -114,41 +162,63 @@ class SipRequest:
 
 def _first(headers: Headers, name: str) -> str | None:
     name = _COMPACT.get(name.lower(), name.lower())
-    return next((v for k, v in headers if k == name), None)
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _head(data: bytes) -> bytes:
+    """data up to the first empty line, i.e. the first match of CR? LF CR? LF."""
+    lf_lf, lf_crlf = data.find(b"\n\n"), data.find(b"\n\r\n")
+    if lf_lf < 0 and lf_crlf < 0:
+        return data
+    lf = lf_lf if lf_crlf < 0 or 0 <= lf_lf < lf_crlf else lf_crlf
+    return data[:lf - 1] if lf and data[lf - 1] == 0x0D else data[:lf]
 
 
 def _split_message(data: bytes) -> tuple[str, Headers] | None:
     """Start line and headers; None if the framing or any header line is malformed."""
     if not data or len(data) > MAX_MESSAGE:
         return None
-    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
     try:
-        text = head.decode("utf-8")
+        text = _head(data).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    start, *lines = re.split(r"\r?\n", text)
-    if "\0" in text or any("\r" in line for line in (start, *lines)):  # NUL or a lone CR
+    if "\0" in text:
         return None
-    headers: list[list[str]] = []
+    if "\r" in text:
+        if _LONE_CR.search(text):  # a CR not followed by LF
+            return None
+        text = text.replace("\r\n", "\n")
+    start, *lines = text.split("\n")
+    headers: list[tuple[str, str]] = []
+    compact = _COMPACT
     for line in lines:
         if not line:  # only possible as the last line of an unterminated head
             continue
-        if line[:1] in (" ", "\t"):  # folded continuation (RFC 3261 7.3.1)
+        if line[0] in " \t":  # folded continuation (RFC 3261 7.3.1)
             if not headers:
                 return None
-            headers[-1][1] += " " + line.strip()
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN.match(name):
+        if not colon or not name or name.strip(_TOKEN_CHARS):  # not all token characters
             return None
         name = name.lower()
-        headers.append([_COMPACT.get(name, name), value.strip()])
-    return start, tuple((k, v) for k, v in headers)
+        headers.append((compact.get(name, name), value.strip()))
+    return start, tuple(headers)
 
 
 def _split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quoted strings and <...>."""
+    if "," not in value:
+        return [value.strip()]
     parts: list[str] = []
     buf: list[str] = []
     quoted = angle = escaped = False
@@ -170,14 +240,19 @@ def _split_commas(value: str) -> list[str]:
     return parts
 
 
-def _common(headers: Headers) -> tuple[str | None, str | None, int | None, str | None]:
-    """First Via's branch, Call-ID, CSeq number and method."""
-    via = _first(headers, "via")
+def _common(first: dict[str, str]) -> tuple[str | None, str | None, int | None, str | None]:
+    """First Via's branch, Call-ID, CSeq number and method, from the first of each header."""
+    via = first.get("via")
     match = _BRANCH.search(_split_commas(via)[0]) if via is not None else None
-    cseq = _CSEQ.match(_first(headers, "cseq") or "")
-    call_id = _first(headers, "call-id")
+    cseq = _CSEQ.match(first.get("cseq") or "")
+    call_id = first.get("call-id")
     return (match.group(1) if match else None, call_id or None,
             int(cseq.group(1)) if cseq else None, cseq.group(2) if cseq else None)
+
+
+def _firsts(headers: Headers) -> dict[str, str]:
+    """Each header name's first value (later duplicates lose)."""
+    return dict(reversed(headers))
 
 
 def parse_response(data: bytes) -> SipResponse | None:
@@ -187,8 +262,9 @@ def parse_response(data: bytes) -> SipResponse | None:
     if split is None or status is None:
         return None
     headers = split[1]
-    branch, call_id, cseq_num, cseq_method = _common(headers)
-    retry = _RETRY_AFTER.match(_first(headers, "retry-after") or "")
+    first = _firsts(headers)
+    branch, call_id, cseq_num, cseq_method = _common(first)
+    retry = _RETRY_AFTER.match(first.get("retry-after") or "")
     return SipResponse(
         code=int(status.group(1)), phrase=(status.group(2) or "").strip(), via_branch=branch,
         call_id=call_id, cseq_num=cseq_num, cseq_method=cseq_method,
@@ -203,9 +279,10 @@ def parse_request(data: bytes) -> SipRequest | None:
     if split is None or line is None:
         return None
     headers = split[1]
-    branch, call_id, cseq_num, cseq_method = _common(headers)
+    first = _firsts(headers)
+    branch, call_id, cseq_num, cseq_method = _common(first)
     if (call_id is None or cseq_num is None or cseq_method is None
-            or not all(_first(headers, h) for h in ("via", "from", "to"))):
+            or not (first.get("via") and first.get("from") and first.get("to"))):
         return None
     return SipRequest(method=line.group(1), uri=line.group(2), via_branch=branch,
                       call_id=call_id, cseq_num=cseq_num, cseq_method=cseq_method, headers=headers)

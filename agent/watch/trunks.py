@@ -42,6 +42,7 @@ class TrunkPlan:
     retry_after_cap: float
     tls: TlsSettings | None
     source: Source
+    request_uri: str = ""
 
 
 def plans(cfg: Config) -> list[TrunkPlan]:
@@ -67,6 +68,7 @@ def plans(cfg: Config) -> list[TrunkPlan]:
                     t.source_address or cfg.sip.source_address,
                     t.source_port if t.source_port is not None else cfg.sip.source_port,
                 ),
+                request_uri=str(parse_uri(t.uri)),
             )
         )
     return out
@@ -274,7 +276,16 @@ class TrunkWatcher:
             )
             self._loop.call_soon(self._done, d, outcome)  # type: ignore[union-attr]
             return
-        task = asyncio.ensure_future(self._send(d.plan, d.dest))
+        if d.dest.transport == "udp":  # the common case: a callback, no task per probe
+            self.udp(d.plan.source).send(
+                d.dest.host,
+                d.dest.port,
+                request_uri=d.plan.request_uri,
+                timeout=d.plan.timeout,
+                on_done=partial(self._done, d),
+            )
+            return
+        task = asyncio.ensure_future(self._send_stream(d.plan, d.dest))
         self._inflight.add(task)
         task.add_done_callback(partial(self._task_done, d))
 
@@ -301,17 +312,13 @@ class TrunkWatcher:
             self.on_result(plan, d.key, outcome, verdict)
             self._reschedule(d, self.clock())  # a pending change probes sooner
 
-    async def _send(self, plan: TrunkPlan, dest: Destination) -> ProbeOutcome:
-        if dest.transport == "udp":
-            return await self.udp(plan.source).probe(
-                dest.host, dest.port, request_uri=str(plan.uri), timeout=plan.timeout
-            )
+    async def _send_stream(self, plan: TrunkPlan, dest: Destination) -> ProbeOutcome:
         tls = plan.tls
         return await self.stream(plan.source).probe(
             dest.host,
             dest.port,
             transport=dest.transport,
-            request_uri=str(plan.uri),
+            request_uri=plan.request_uri,
             timeout=plan.timeout,
             server_name=(tls.server_name if tls and tls.server_name else dest.server_name),
             tls=tls,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from agent.core.classify import OkCodes, classify
+from agent.core.events import ProbeOutcome
 from agent.sip.ping import ping
 from agent.sip.prober import UdpProber
 from agent.sip.uas import OptionsResponder
@@ -474,3 +476,262 @@ async def test_ping_bad_uri_exit_2_one_line(uri: str, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"trunkguard probe: bad URI {uri!r}: ")
     assert "Traceback" not in err and out.getvalue() == ""
+
+
+# --- send(): the callback API ----------------------------------------------------------------
+
+
+class Outcomes:
+    """An on_done that records every call and whether it came from inside send()."""
+
+    def __init__(self, signal: Signal | None = None) -> None:
+        self.calls: dict[str, list[ProbeOutcome]] = {}
+        self.inside_send = False
+        self.reentered = False
+        self.signal = signal or Signal()
+
+    def cb(self, name: str) -> Callable[[ProbeOutcome], None]:
+        self.calls.setdefault(name, [])
+
+        def on_done(outcome: ProbeOutcome) -> None:
+            self.reentered |= self.inside_send
+            self.calls[name].append(outcome)
+            self.signal.bump()
+        return on_done
+
+    def send(self, prober: UdpProber, name: str, host: str, port: int, **kw: Any) -> None:
+        self.inside_send = True
+        try:
+            prober.send(host, port, on_done=self.cb(name), **kw)
+        finally:
+            self.inside_send = False
+
+    def all_done(self) -> bool:
+        return all(self.calls.values())
+
+    async def wait(self, within: float = 5.0) -> None:
+        await self.signal.until(self.all_done, within)
+
+
+class RecordingSink(asyncio.DatagramProtocol):
+    """Never answers; keeps the Call-ID of every request that reaches it."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.call_ids: Counter[str] = Counter()
+        self.signal = signal
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.call_ids[_header(data.decode(), "Call-ID")] += 1
+        self.signal.bump()
+
+
+async def recording_sink(signal: Signal) -> tuple[asyncio.DatagramTransport, RecordingSink, int]:
+    transport, sink = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: RecordingSink(signal), local_addr=("127.0.0.1", 0))
+    return transport, sink, transport.get_extra_info("sockname")[1]
+
+
+async def test_send_reports_every_kind_of_outcome_once_from_the_loop() -> None:
+    signal = Signal()
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+    transport, _sink, silent = await recording_sink(signal)
+    seen = Outcomes(signal)
+    try:
+        async with UdpProber(user_agent="trunkguard-test", t1=0.05) as prober:
+            for i in range(200):
+                seen.send(prober, f"ok{i}", "127.0.0.1", responder.port,
+                          request_uri=f"sip:t{i}@127.0.0.1", timeout=2.0)
+            seen.send(prober, "refused", "127.0.0.1", closed_port(), request_uri="sip:x",
+                      timeout=2.0)
+            seen.send(prober, "timeout", "127.0.0.1", silent, request_uri="sip:s", timeout=0.3,
+                      to_uri="sip:to@example.com")
+            seen.send(prober, "expired", "127.0.0.1", responder.port, request_uri="sip:e",
+                      timeout=0)
+            seen.send(prober, "family", "::1", responder.port, request_uri="sip:f",
+                      timeout=1.0)  # no IPv6 responder there: refused as well
+            await seen.wait()
+            await asyncio.sleep(0.1)  # nothing more may arrive
+            assert prober.outstanding == 0
+    finally:
+        responder.close()
+        transport.close()
+    assert not seen.reentered
+    assert all(len(calls) == 1 for calls in seen.calls.values()), seen.calls
+    reasons = {name: calls[0].reason for name, calls in seen.calls.items()}
+    assert {reasons[f"ok{i}"] for i in range(200)} == {"response"}
+    assert (reasons["refused"], reasons["timeout"], reasons["expired"]) == (
+        "refused", "timeout", "timeout")
+    assert reasons["family"] == "refused"
+    assert seen.calls["timeout"][0].detail == "after 300ms"
+    assert all(c[0].rtt is not None and c[0].rtt > 0 for n, c in seen.calls.items()
+               if n.startswith("ok"))
+
+
+async def test_send_argument_errors_raise() -> None:
+    async with UdpProber(user_agent="trunkguard-test") as prober:
+        with pytest.raises(ValueError):
+            prober.send("not-an-ip", 5060, request_uri="sip:x", timeout=1, on_done=print)
+        with pytest.raises(ValueError):
+            prober.send("127.0.0.1", 5060, request_uri="sip:x\r\nEvil: 1", timeout=1,
+                        on_done=print)
+        assert prober.outstanding == 0
+    with pytest.raises(RuntimeError):  # closed
+        prober.send("127.0.0.1", 5060, request_uri="sip:x", timeout=1, on_done=print)
+
+    def elsewhere() -> None:  # a thread without a running loop
+        UdpProber(user_agent="t").send("127.0.0.1", 5060, request_uri="sip:x", timeout=1,
+                                       on_done=print)
+
+    with pytest.raises(RuntimeError):
+        await asyncio.to_thread(elsewhere)
+
+
+async def test_source_family_mismatch_is_a_send_error_via_on_done() -> None:
+    seen = Outcomes()
+    async with UdpProber(user_agent="trunkguard-test", source_address="127.0.0.1") as prober:
+        seen.send(prober, "v6", "::1", 5060, request_uri="sip:x", timeout=1)
+        assert seen.calls["v6"] == []  # not from inside send()
+        await seen.wait()
+    assert seen.calls["v6"][0].reason == "send_error"
+    assert "cannot reach ::1" in seen.calls["v6"][0].detail
+
+
+async def test_close_ends_outstanding_probes_once_with_prober_closed() -> None:
+    signal = Signal()
+    transport, sink, port = await recording_sink(signal)
+    seen = Outcomes(signal)
+    try:
+        prober = UdpProber(user_agent="trunkguard-test", t1=0.02)
+        for i in range(5):
+            seen.send(prober, f"p{i}", "127.0.0.1", port, request_uri=f"sip:{i}", timeout=0.2)
+        waiting = asyncio.ensure_future(
+            prober.probe("127.0.0.1", port, request_uri="sip:w", timeout=0.2))
+        await signal.until(lambda: len(sink.call_ids) >= 6)
+        prober.close()
+        assert prober.outstanding == 0
+        out = await waiting
+        await asyncio.sleep(0.3)  # past every deadline: no timeout may follow
+    finally:
+        transport.close()
+    assert (out.reason, out.detail) == ("send_error", "prober closed")
+    for calls in seen.calls.values():
+        assert [(c.reason, c.detail) for c in calls] == [("send_error", "prober closed")]
+
+
+async def test_on_done_exception_is_logged_and_the_reader_survives(
+        caplog: pytest.LogCaptureFixture) -> None:
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+
+    def broken(outcome: ProbeOutcome) -> None:
+        raise RuntimeError("scheduler bug")
+
+    try:
+        async with UdpProber(user_agent="trunkguard-test") as prober:
+            with caplog.at_level(logging.ERROR, logger="agent.sip.prober"):
+                for _ in range(3):
+                    prober.send("127.0.0.1", responder.port, request_uri="sip:b", timeout=1,
+                                on_done=broken)
+                out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:ok",
+                                         timeout=1)
+                assert prober.outstanding == 0
+    finally:
+        responder.close()
+    assert (out.reason, out.code) == ("response", 200)
+    failures = [r for r in caplog.records if "on_done" in r.getMessage()]
+    assert len(failures) == 3 and all(r.exc_info for r in failures)
+
+
+async def test_retransmissions_and_deadlines_with_many_distinct_timeouts() -> None:
+    # More distinct delays than the prober keeps timer lanes for: the overflow uses
+    # plain loop timers, and both kinds must retransmit on schedule and time out.
+    signal = Signal()
+    transport, sink, port = await recording_sink(signal)
+    seen = Outcomes(signal)
+    timeouts = [0.45 + i / 1000 for i in range(80)]
+    try:
+        async with UdpProber(user_agent="trunkguard-test", t1=0.05) as prober:
+            for i, timeout in enumerate(timeouts):
+                seen.send(prober, f"p{i}", "127.0.0.1", port, request_uri=f"sip:{i}",
+                          timeout=timeout)
+            start = time.monotonic()
+            await seen.wait()
+            elapsed = time.monotonic() - start
+    finally:
+        transport.close()
+    assert not seen.reentered
+    for i, timeout in enumerate(timeouts):
+        (out,) = seen.calls[f"p{i}"]
+        assert (out.reason, out.detail) == ("timeout", f"after {timeout * 1000:.0f}ms")
+    assert 0.45 <= elapsed < 1.5
+    # sent at 0, then Timer E: 0.05, 0.15, 0.35 (0.75 is past every deadline)
+    assert sorted(sink.call_ids.values()) == [4] * len(timeouts)
+
+
+async def test_error_queue_is_read_only_when_an_error_is_pending(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = Counter[str]()
+    real = socket.socket.recvmsg
+
+    def counting(self: socket.socket, *args: Any) -> Any:
+        if len(args) > 2 and args[2] & socket.MSG_ERRQUEUE:
+            reads["errqueue"] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(socket.socket, "recvmsg", counting)
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+    seen = Outcomes()
+    try:
+        async with UdpProber(user_agent="trunkguard-test") as prober:
+            for i in range(500):  # in bursts the responder's socket buffer can take
+                seen.send(prober, f"p{i}", "127.0.0.1", responder.port,
+                          request_uri=f"sip:{i}", timeout=2)
+                if i % 50 == 49:
+                    await seen.wait()
+            quiet = reads["errqueue"]
+            # ICMP still fails the right probe at once
+            out = await prober.probe("127.0.0.1", closed_port(), request_uri="sip:x", timeout=2)
+    finally:
+        responder.close()
+    assert {c[0].reason for c in seen.calls.values()} == {"response"}
+    assert quiet < 25  # was one failing recvmsg per datagram (500)
+    assert out.reason == "refused" and reads["errqueue"] > quiet
+
+
+async def test_sockets_get_a_large_receive_buffer() -> None:
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+    try:
+        async with UdpProber(user_agent="trunkguard-test") as prober:
+            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
+            (sock,) = prober._socks.values()
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        responder.close()
+    assert out.reason == "response"
+    assert size >= 4 << 20  # the kernel reports twice what was set; CAP_NET_ADMIN in tests
+
+
+async def test_on_done_may_close_the_prober() -> None:
+    signal = Signal()
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+    transport, _sink, silent = await recording_sink(signal)
+    seen = Outcomes(signal)
+    prober = UdpProber(user_agent="trunkguard-test")
+    closer = seen.cb("closer")
+
+    def close_on_answer(outcome: ProbeOutcome) -> None:
+        closer(outcome)
+        prober.close()
+
+    try:
+        for i in range(3):
+            seen.send(prober, f"silent{i}", "127.0.0.1", silent, request_uri="sip:s", timeout=5)
+        prober.send("127.0.0.1", responder.port, request_uri="sip:r", timeout=5,
+                    on_done=close_on_answer)
+        await seen.wait()
+        await asyncio.sleep(0.05)
+    finally:
+        responder.close()
+        transport.close()
+    assert seen.calls["closer"][0].reason == "response"
+    assert all([(c.reason, c.detail) for c in seen.calls[f"silent{i}"]] ==
+               [("send_error", "prober closed")] for i in range(3))

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.sip.message import (
+    OptionsTemplate,
+    _head,
     build_options,
     build_response,
     new_branch,
@@ -244,3 +248,65 @@ def test_build_parse_round_trip(branch: str, call_id: str, tag: str, cseq: int, 
     assert resp is not None
     assert (resp.code, resp.phrase, resp.via_branch, resp.call_id, resp.cseq_num,
             resp.cseq_method) == (code, phrase, branch, call_id, cseq, "OPTIONS")
+
+
+# --- OptionsTemplate: the prober's precomputed messages --------------------------------------
+
+TEMPLATE_FIELDS: dict[str, object] = dict(
+    request_uri="sip:192.0.2.1:5060", via_host="192.0.2.2", via_port=40000,
+    from_uri="sip:trunkguard@192.0.2.2", to_uri="sip:192.0.2.1:5060", cseq=1,
+    contact="sip:trunkguard@192.0.2.2:40000", user_agent="trunkguard/0.1")
+
+
+def _fields(msg: bytes) -> dict[str, str]:
+    lines = msg.decode().split("\r\n")
+    return {line.split(":", 1)[0]: line.split(": ", 1)[1] for line in lines[1:] if line}
+
+
+@pytest.mark.parametrize(("via_host", "me"), [("192.0.2.2", "192.0.2.2"),
+                                             ("2001:db8::2", "[2001:db8::2]")])
+def test_template_fresh_is_build_options_with_new_ids(via_host: str, me: str) -> None:
+    fields = TEMPLATE_FIELDS | {"via_host": via_host}
+    template = OptionsTemplate(**fields, call_id_host=me)  # type: ignore[arg-type]
+    branch, call_id, msg = template.fresh()
+    tag = _fields(msg)["From"].rpartition(";tag=")[2]
+    assert msg == build_options(**fields, branch=branch, call_id=call_id,  # type: ignore[arg-type]
+                                from_tag=tag)
+    assert re.fullmatch(r"z9hG4bK[0-9a-f]{24}", branch)  # 96 bits, like new_branch()
+    assert re.fullmatch(r"[0-9a-f]{16}", tag)  # 64 bits, like new_tag()
+    assert re.fullmatch(rf"[0-9a-f]{{24}}@{re.escape(me)}", call_id)  # like new_call_id()
+    req = parse_request(msg)
+    assert req is not None and (req.via_branch, req.call_id) == (branch, call_id)
+
+
+def test_template_ids_are_fresh_and_independent() -> None:
+    template = OptionsTemplate(**TEMPLATE_FIELDS, call_id_host="h")  # type: ignore[arg-type]
+    seen = [template.fresh() for _ in range(2000)]
+    branches = {b for b, _, _ in seen}
+    call_ids = {c.partition("@")[0] for _, c, _ in seen}
+    tags = {_fields(m)["From"].rpartition("=")[2] for _, _, m in seen}
+    assert len(branches) == len(call_ids) == len(tags) == 2000
+
+
+def test_template_render_matches_and_checks_ids() -> None:
+    template = OptionsTemplate(**TEMPLATE_FIELDS)  # type: ignore[arg-type]
+    assert template.render(branch="z9hG4bKabc123", call_id="cid1@192.0.2.2",
+                           from_tag="ft1") == options()
+    for bad in ({"branch": "z9hG4bK\r\nX: 1"}, {"call_id": "c\n"}, {"from_tag": "t\0"}):
+        ids = {"branch": "z9hG4bK1", "call_id": "c", "from_tag": "t"} | bad
+        with pytest.raises(ValueError):
+            template.render(**ids)
+
+
+@pytest.mark.parametrize("field", ["request_uri", "via_host", "from_uri", "to_uri", "contact",
+                                   "user_agent", "call_id_host"])
+def test_template_refuses_header_injection(field: str) -> None:
+    with pytest.raises(ValueError):
+        OptionsTemplate(**(TEMPLATE_FIELDS | {field: "x\r\nEvil: 1"}))  # type: ignore[arg-type]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" "]), max_size=30)
+       .map(b"".join))
+def test_head_ends_at_the_first_empty_line(data: bytes) -> None:
+    assert _head(data) == re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
