@@ -274,6 +274,10 @@ class UdpProber:
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
             raise RuntimeError("UdpProber is closed")
+        if self._loop is not None:
+            # get_running_loop() costs a getpid() syscall: once is enough, since the
+            # sockets are registered with this loop for good.
+            return self._loop
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop

@@ -28,6 +28,9 @@ from agent.sip.stream import StreamProber, TlsSettings
 from agent.sip.uri import SipUri, parse_uri
 
 DNS_KEY = "dns"  # the destination a trunk has while its name does not resolve
+# Probes started per timer callback. The loop reads answers once per iteration, so one
+# huge batch of sends would starve the reader and let answers overflow the socket.
+_FIRE_BATCH = 128
 Source = tuple[str | None, int]
 
 
@@ -245,7 +248,9 @@ class TrunkWatcher:
         self._timer = None
         now = self.clock()
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        budget = _FIRE_BATCH
+        while heap and heap[0][0] <= now and budget:
+            budget -= 1
             due, _, d = heapq.heappop(heap)
             if not d.live or due != d.due:
                 continue  # superseded by an earlier reschedule, or removed by DNS
