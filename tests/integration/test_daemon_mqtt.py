@@ -84,7 +84,10 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
                     c,
                     lambda m: f"{BASE}/routes/outbound" in m
                     and f"{BASE}/trunks/carrier-b" in m
-                    and f"{BASE}/state" in m
+                    and json.loads(m.get(f"{BASE}/state", b"{}")).get("routes", {})
+                    .get("outbound", {})
+                    .get("active")
+                    == "carrier-a"
                     and m.get(f"{BASE}/status") == b"online",
                     10,
                 )
