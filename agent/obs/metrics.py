@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 
 from agent import __version__
+from agent.obs.rtt import CompactHistogram
 
 # SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -41,12 +42,13 @@ class Metrics:
             ["kind", "name", "state"],
             registry=r,
         )
-        self.sip_options_rtt_seconds = Histogram(
+        # One per trunk and target: compact, see agent/obs/rtt.py.
+        self.sip_options_rtt_seconds = CompactHistogram(
             "trunkguard_sip_options_rtt_seconds",
             "Round-trip time of answered SIP OPTIONS probes, per resolved target.",
             ["trunk", "target"],
-            buckets=RTT_BUCKETS,
-            registry=r,
+            RTT_BUCKETS,
+            r,
         )
         self.sip_options_responses_total = Counter(
             "trunkguard_sip_options_responses_total",
