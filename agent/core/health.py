@@ -8,13 +8,13 @@ Rules (HAProxy-like, which operators already know):
   `rise` consecutive successes take a down (or unknown) target up.
 - While a change is pending (a streak against the current state has started, or
   the target has no verdict yet) probes run every `fast_interval` instead of
-  `interval`, so a dead trunk is declared within
-  interval + fall*timeout + (fall-1)*fast_interval (see README) rather than fall*interval.
+  `interval`, so a dead trunk is declared within detection_bound() below rather
+  than fall*interval.
 - A verdict carrying `hold_until` (503 with Retry-After) takes the target down at
   once: the peer told us explicitly not to send to it (RFC 3261 21.5.4), and
   successes before the hold ends do not count towards rise.
-- Maintenance is operator-set and sticky; probes keep running so the real state
-  is known the moment maintenance ends.
+- This machine only follows probes; operator maintenance is the trunk's business
+  (core/trunk.py), so the real state is known the moment maintenance ends.
 """
 
 from __future__ import annotations
@@ -42,16 +42,14 @@ class TargetHealth:
     ok_streak: int = 0
     fail_streak: int = 0
     hold_until: float | None = None
-    maintenance: bool = False
-    probed_state: State = State.UNKNOWN  # what probes say, even under maintenance
     last_verdict: Verdict | None = field(default=None, repr=False)
 
     @property
     def pending(self) -> bool:
         """True while a state change may be under way (drives fast_interval)."""
-        if self.probed_state is State.UNKNOWN:
+        if self.state is State.UNKNOWN:
             return True
-        if self.probed_state is State.UP:
+        if self.state is State.UP:
             return self.fail_streak > 0
         return self.ok_streak > 0
 
@@ -68,46 +66,30 @@ class TargetHealth:
             self.hold_until = max(self.hold_until or 0.0, v.hold_until)
             self.ok_streak = 0
             self.fail_streak = max(self.fail_streak + 1, self.params.fall)
-            return self._set_probed(State.DOWN, v.at, f"{v.reason} (hold-down)")
+            return self._move(State.DOWN, v.at, f"{v.reason} (hold-down)")
         if v.ok:
             if self.hold_until is not None and v.at < self.hold_until:
                 return None
             self.hold_until = None
             self.ok_streak += 1
             self.fail_streak = 0
-            if self.probed_state is not State.UP and self.ok_streak >= self.params.rise:
-                return self._set_probed(
+            if self.state is not State.UP and self.ok_streak >= self.params.rise:
+                return self._move(
                     State.UP, v.at, f"{self.ok_streak} consecutive successes: {v.reason}"
                 )
         else:
             self.fail_streak += 1
             self.ok_streak = 0
-            if self.probed_state is not State.DOWN and self.fail_streak >= self.params.fall:
-                return self._set_probed(
+            if self.state is not State.DOWN and self.fail_streak >= self.params.fall:
+                return self._move(
                     State.DOWN, v.at, f"{self.fail_streak} consecutive failures: {v.reason}"
                 )
         return None
-
-    def set_maintenance(self, on: bool, at: float) -> Transition | None:
-        if on == self.maintenance:
-            return None
-        self.maintenance = on
-        if on:
-            return self._move(State.MAINTENANCE, at, "maintenance on (operator)")
-        return self._move(
-            self.probed_state, at, f"maintenance off (operator), probes say {self.probed_state}"
-        )
 
     def reset(self, params: HealthParams) -> None:
         """New settings on reload: keep the state, restart the streaks."""
         self.params = params
         self.ok_streak = self.fail_streak = 0
-
-    def _set_probed(self, new: State, at: float, reason: str) -> Transition | None:
-        self.probed_state = new
-        if self.maintenance:
-            return None
-        return self._move(new, at, reason)
 
     def _move(self, new: State, at: float, reason: str) -> Transition | None:
         if new is self.state:

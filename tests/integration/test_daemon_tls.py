@@ -48,17 +48,13 @@ routes:
         try:
             for name in ("teams", "tcp"):
                 up = agent.wait_for(
-                    lambda e, n=name: (
-                        e.get("event") == "target transition" and e.get("target") == f"trunk:{n}"
-                    ),
+                    agent.transition(f"trunk:{name}"),
                     15,
                     f"{name} verdict",
                 )
                 assert up["new"] == "up", up
             bad = agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition" and e.get("target") == "trunk:badca"
-                ),
+                agent.transition("trunk:badca"),
                 15,
                 "badca verdict",
             )

@@ -46,11 +46,7 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             mark = agent.mark()
             lab.carrier_a.drop_udp_in(5060)
             down = agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition"
-                    and e.get("target") == "trunk:carrier-a"
-                    and e.get("new") == "down"
-                ),
+                agent.transition("trunk:carrier-a", "down"),
                 15,
                 "carrier A down",
                 since=mark,
@@ -63,11 +59,7 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
             mark = agent.mark()
             lab.carrier_a.undrop()
             up = agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition"
-                    and e.get("target") == "trunk:carrier-a"
-                    and e.get("new") == "up"
-                ),
+                agent.transition("trunk:carrier-a", "up"),
                 15,
                 "carrier A up",
                 since=mark,
@@ -133,16 +125,12 @@ def test_failover_failback_operator_and_restart(tmp_path: Path) -> None:
         agent = Agent(cfg, netns=lab.agent.name)
         try:
             agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition" and e.get("target") == "trunk:carrier-b"
-                ),
+                agent.transition("trunk:carrier-b"),
                 15,
                 "first verdict",
             )
             agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition" and e.get("target") == "trunk:carrier-a"
-                ),
+                agent.transition("trunk:carrier-a"),
                 15,
                 "first verdict",
             )

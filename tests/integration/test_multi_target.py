@@ -50,9 +50,7 @@ routes:
         agent = Agent(cfg)
         try:
             ghost = agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition" and e.get("target") == "trunk:ghost"
-                ),
+                agent.transition("trunk:ghost"),
                 15,
                 "unresolvable trunk verdict",
             )
@@ -67,11 +65,7 @@ routes:
             mark = agent.mark()
             procs.stop(first)  # one SRV target dies (ICMP port unreachable)
             down = agent.wait_for(
-                lambda e: (
-                    e.get("event") == "target transition"
-                    and e.get("target") == "trunk:both"
-                    and e.get("new") == "down"
-                ),
+                agent.transition("trunk:both", "down"),
                 10,
                 "all-trunk down",
                 since=mark,

@@ -92,6 +92,15 @@ class Agent:
     def applied(path: str) -> Callable[[Event], bool]:
         return lambda e: e.get("event") == "route applied" and e.get("path") == path
 
+    @staticmethod
+    def transition(target: str, new: str | None = None) -> Callable[[Event], bool]:
+        """A trunk-level state change (to `new`, if given)."""
+        return lambda e: (
+            e.get("event") == "target transition"
+            and e.get("target") == target
+            and (new is None or e.get("new") == new)
+        )
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 

@@ -46,19 +46,6 @@ def test_retry_after_holds_down_and_ignores_early_successes() -> None:
     assert t and t.new is State.UP
 
 
-def test_maintenance_is_sticky_and_restores_probed_state() -> None:
-    th = TargetHealth("trunk:a", P)
-    th.observe(v(True, 0))
-    th.observe(v(True, 1))
-    t = th.set_maintenance(True, 2)
-    assert t and t.new is State.MAINTENANCE
-    for i in range(3):
-        assert th.observe(v(False, 3 + i)) is None
-    assert th.state is State.MAINTENANCE
-    t = th.set_maintenance(False, 10)
-    assert t and t.new is State.DOWN
-
-
 def test_detection_bound_formula() -> None:
     assert detection_bound(P, 0.5) == 1.0 + 0.5 + 0.5 + 0.2
     assert detection_bound(HealthParams(1.0, 0.2, 2, 1), 0.5) == 1.5

@@ -108,3 +108,15 @@ def test_decided_state_always_agrees_with_the_quorum(
             assert th.state is State.DOWN
         elif th.state is State.UNKNOWN:
             assert unknown > 0
+
+
+def test_maintenance_is_sticky_and_restores_probed_state() -> None:
+    th = trunk("any")
+    feed(th, X, True, 1)
+    t = th.set_maintenance(True, 2)
+    assert t and t.new is State.MAINTENANCE
+    feed(th, X, False, 3)
+    feed(th, Y, False, 4)
+    assert th.state is State.MAINTENANCE  # probes go on underneath
+    t = th.set_maintenance(False, 10)
+    assert t and t.new is State.DOWN and "probes say down" in t.reason
