@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,8 +18,9 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
 from agent.obs.rtt import CompactHistogram
@@ -22,6 +29,11 @@ from agent.obs.rtt import CompactHistogram
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 # Failover reaction and actuator apply times: sub-millisecond to the 10 s budget.
 ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr is noise
 
 
 class Metrics:
@@ -43,12 +55,12 @@ class Metrics:
             registry=r,
         )
         # One per trunk and target: compact, see agent/obs/rtt.py.
+        # One per trunk and target: compact and streamed by serve(), see agent/obs/rtt.py.
         self.sip_options_rtt_seconds = CompactHistogram(
             "trunkguard_sip_options_rtt_seconds",
             "Round-trip time of answered SIP OPTIONS probes, per resolved target.",
             ["trunk", "target"],
             RTT_BUCKETS,
-            r,
         )
         self.sip_options_responses_total = Counter(
             "trunkguard_sip_options_responses_total",
@@ -175,7 +187,17 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Start the /metrics HTTP exporter in a thread; returns a function that stops it."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type(
+            "_Server",
+            (ThreadingMixIn, WSGIServer),
+            {"daemon_threads": True, "address_family": family},
+        )
+        server: WSGIServer = make_server(
+            host, port, self.wsgi_app, server_cls, handler_class=_Quiet
+        )
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
 
         def stop() -> None:
             server.shutdown()
@@ -183,6 +205,20 @@ class Metrics:
             thread.join(timeout=5)
 
         return stop
+
+    def wsgi_app(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        """The registry as prometheus_client renders it, then the per-target RTT
+        histograms streamed in chunks; `name[]` filters work as with prometheus_client."""
+        names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        rtt = self.sip_options_rtt_seconds
+        with_rtt = not names or any(n == rtt.name or n.startswith(rtt.name + "_") for n in names)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        yield generate_latest(registry)
+        if with_rtt:
+            yield from rtt.expose()
 
     async def watch_loop_lag(self, interval: float = 0.5) -> None:
         loop = asyncio.get_running_loop()

@@ -1,8 +1,9 @@
 """Per-(trunk, target) RTT histograms that stay small at 10,000 trunks.
 
 prometheus_client's Histogram keeps a locked value per bucket per child: about 4 KB
-per trunk, 40 MB at 10,000 trunks. Here a child is a list of counts; the exposition
-(name, labels, cumulative buckets, _sum, _count) is the same.
+per trunk, 40 MB at 10,000 trunks, and a scrape builds a Sample object per series
+(130,000 of them, ~110 MB at once). Here a child is a list of counts, and expose()
+streams the same text exposition (cumulative buckets, _count, _sum) in chunks.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class CompactHistogram(Collector):
         documentation: str,
         labelnames: Sequence[str],
         buckets: Sequence[float],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._name, self._doc = name, documentation
         self._labelnames = list(labelnames)
@@ -52,7 +53,8 @@ class CompactHistogram(Collector):
         les: list[str] = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         self._les = [*les, "+Inf"]
         self._children: dict[tuple[str, ...], _Child] = {}
-        registry.register(self)
+        if registry is not None:  # Metrics streams it instead, see expose()
+            registry.register(self)
 
     def labels(self, *values: str) -> RttChild:
         if len(values) != len(self._labelnames):
@@ -64,6 +66,31 @@ class CompactHistogram(Collector):
 
     def remove(self, *values: str) -> None:
         self._children.pop(values, None)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def expose(self, chunk: int = 500) -> Iterator[bytes]:
+        """Text format 0.0.4, as generate_latest() would write it, a few hundred children
+        at a time so a scrape never holds all 130,000 lines."""
+        n, les = self._name, self._les
+        yield (f"# HELP {n} {_escape_help(self._doc)}\n# TYPE {n} histogram\n").encode()
+        items = list(self._children.items())
+        for start in range(0, len(items), chunk):
+            out: list[str] = []
+            for values, c in items[start : start + chunk]:
+                labels = ",".join(
+                    f'{k}="{_escape_label(v)}"'
+                    for k, v in zip(self._labelnames, values, strict=True)
+                )
+                running = 0
+                for le, count in zip(les, list(c.counts), strict=True):
+                    running += count
+                    out.append(f'{n}_bucket{{{labels},le="{le}"}} {float(running)}\n')
+                out.append(f"{n}_count{{{labels}}} {float(running)}\n")
+                out.append(f"{n}_sum{{{labels}}} {floatToGoString(c.sum)}\n")  # type: ignore[no-untyped-call]
+            yield "".join(out).encode()
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
@@ -77,3 +104,11 @@ class CompactHistogram(Collector):
                 buckets.append((le, float(running)))
             fam.add_metric(list(values), buckets, c.sum)
         yield fam
+
+
+def _escape_label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")

@@ -101,10 +101,10 @@ def test_histogram_buckets_span_the_documented_ranges() -> None:
 
 
 def scrape_registry(m: Metrics) -> dict[str, list[Sample]]:
-    from prometheus_client import generate_latest
-
     samples: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(generate_latest(m.registry).decode()):
+    # Exactly what /metrics serves, including the streamed per-target RTT histograms.
+    body = b"".join(m.wsgi_app({"QUERY_STRING": ""}, lambda *_: None))
+    for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
             samples.setdefault(s.name, []).append(s)
     return samples

@@ -14,9 +14,11 @@ def test_same_exposition_as_prometheus_client(obs: list[tuple[str, float]]) -> N
     ra, rb = CollectorRegistry(), CollectorRegistry()
     ref = Histogram("x_seconds", "doc", ["trunk", "target"], buckets=RTT_BUCKETS, registry=ra)
     ours = CompactHistogram("x_seconds", "doc", ["trunk", "target"], RTT_BUCKETS, rb)
+    streamed = CompactHistogram("x_seconds", "doc", ["trunk", "target"], RTT_BUCKETS)
     for trunk, v in obs:
         ref.labels(trunk, "t").observe(v)
         ours.labels(trunk, "t").observe(v)
+        streamed.labels(trunk, "t").observe(v)
 
     def lines(r: CollectorRegistry) -> set[str]:
         return {
