@@ -20,6 +20,7 @@ Rules (HAProxy-like, which operators already know):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent.core.events import State, Transition, Verdict
 
@@ -30,6 +31,22 @@ class HealthParams:
     fast_interval: float = 0.2
     rise: int = 2
     fall: int = 3
+
+
+class Stateful(Protocol):
+    name: str
+    state: State
+    since: float
+    reason: str
+
+
+def move(h: Stateful, new: State, at: float, reason: str) -> Transition | None:
+    """The one way a health machine changes state: a Transition carrying its reason."""
+    if new is h.state:
+        return None
+    t = Transition(h.name, h.state, new, at, reason)
+    h.state, h.since, h.reason = new, at, reason
+    return t
 
 
 @dataclass(slots=True)
@@ -66,7 +83,7 @@ class TargetHealth:
             self.hold_until = max(self.hold_until or 0.0, v.hold_until)
             self.ok_streak = 0
             self.fail_streak = max(self.fail_streak + 1, self.params.fall)
-            return self._move(State.DOWN, v.at, f"{v.reason} (hold-down)")
+            return move(self, State.DOWN, v.at, f"{v.reason} (hold-down)")
         if v.ok:
             if self.hold_until is not None and v.at < self.hold_until:
                 return None
@@ -74,15 +91,15 @@ class TargetHealth:
             self.ok_streak += 1
             self.fail_streak = 0
             if self.state is not State.UP and self.ok_streak >= self.params.rise:
-                return self._move(
-                    State.UP, v.at, f"{self.ok_streak} consecutive successes: {v.reason}"
+                return move(
+                    self, State.UP, v.at, f"{self.ok_streak} consecutive successes: {v.reason}"
                 )
         else:
             self.fail_streak += 1
             self.ok_streak = 0
             if self.state is not State.DOWN and self.fail_streak >= self.params.fall:
-                return self._move(
-                    State.DOWN, v.at, f"{self.fail_streak} consecutive failures: {v.reason}"
+                return move(
+                    self, State.DOWN, v.at, f"{self.fail_streak} consecutive failures: {v.reason}"
                 )
         return None
 
@@ -90,13 +107,6 @@ class TargetHealth:
         """New settings on reload: keep the state, restart the streaks."""
         self.params = params
         self.ok_streak = self.fail_streak = 0
-
-    def _move(self, new: State, at: float, reason: str) -> Transition | None:
-        if new is self.state:
-            return None
-        t = Transition(self.name, self.state, new, at, reason)
-        self.state, self.since, self.reason = new, at, reason
-        return t
 
 
 def detection_bound(p: HealthParams, timeout: float) -> float:

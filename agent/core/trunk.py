@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.core.events import State, Transition, Verdict
-from agent.core.health import HealthParams, TargetHealth
+from agent.core.health import HealthParams, TargetHealth, move
 
 SINGLE = ""  # the destination key of a trunk probed at one fixed address
 
@@ -92,9 +92,9 @@ class TrunkHealth:
             return None
         self.maintenance = on
         if on:
-            return self._move(State.MAINTENANCE, at, "maintenance on (operator)")
+            return move(self, State.MAINTENANCE, at, "maintenance on (operator)")
         why = f"maintenance off (operator), probes say {self.probed_state}"
-        return self._move(self.probed_state, at, why)
+        return move(self, self.probed_state, at, why)
 
     def reset(self, params: HealthParams, quorum: Quorum) -> None:
         self.params, self.quorum = params, quorum
@@ -119,11 +119,4 @@ class TrunkHealth:
         self.probed_state = new
         if total > 1:
             why = f"{up} of {total} destinations up (healthy_when {self.quorum}); {why}"
-        return None if self.maintenance else self._move(new, at, why)
-
-    def _move(self, new: State, at: float, reason: str) -> Transition | None:
-        if new is self.state:
-            return None
-        t = Transition(self.name, self.state, new, at, reason)
-        self.state, self.since, self.reason = new, at, reason
-        return t
+        return None if self.maintenance else move(self, new, at, why)
