@@ -70,6 +70,6 @@ class Decision:
     old_path: str | None
     new_path: str
     at: float
-    kind: str  # "initial" | "failover" | "failback" | "manual"
+    kind: str  # "initial" | "failover" | "failback" | "manual" | "evacuate" | "return"
     reason: str
     cause_at: float  # when the evidence that caused it was observed

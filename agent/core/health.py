@@ -49,6 +49,22 @@ def move(h: Stateful, new: State, at: float, reason: str) -> Transition | None:
     return t
 
 
+class Maintainable(Stateful, Protocol):
+    maintenance: bool
+
+
+def set_maintenance(
+    h: Maintainable, on: bool, at: float, underlying: State, what: str
+) -> Transition | None:
+    """Operator maintenance over any machine: on hides `underlying`, off reveals it."""
+    if on == h.maintenance:
+        return None
+    h.maintenance = on
+    if on:
+        return move(h, State.MAINTENANCE, at, "maintenance on (operator)")
+    return move(h, underlying, at, f"maintenance off (operator), {what} {underlying}")
+
+
 @dataclass(slots=True)
 class TargetHealth:
     name: str

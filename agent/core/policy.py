@@ -17,6 +17,9 @@ Rules:
   and the group is in alarm.
 - An operator may pin a path (`failover GROUP PATH`); the pin holds while that
   path qualifies and is dropped, with a reason, when it stops qualifying.
+- While the site is evacuating, only paths marked `remote` count (groups without
+  any remote path are left alone). When the evacuation ends the group returns to
+  its best path at once: the site's own hold already proved the site is fit.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class GroupPolicy:
     alarm: bool = False
     pinned: str | None = None
     ready: bool = False  # every target has a verdict: the active path may be enforced
+    evacuated: bool = False  # the active choice was made among remote paths only
     qualified_since: dict[str, float] = field(default_factory=dict)
 
     def _qualifies(self, path: PathSpec, states: Mapping[str, State]) -> bool:
@@ -76,14 +80,24 @@ class GroupPolicy:
         return ok
 
     def evaluate(
-        self, states: Mapping[str, State], now: float, cause_at: float | None = None
+        self,
+        states: Mapping[str, State],
+        now: float,
+        cause_at: float | None = None,
+        evacuate: str | None = None,
     ) -> Decision | None:
-        """Re-evaluate after a state change (cause_at = when it was observed) or a timer."""
+        """Re-evaluate after a state change (cause_at = when it was observed) or a timer.
+
+        `evacuate` is the reason the site is evacuating, None when it is not."""
         cause = now if cause_at is None else cause_at
         if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
             return None
         self.ready = True
         ok = self._track(states, now, cause)
+        evac = evacuate is not None and any(p.remote for p in self.spec.paths)
+        if evac:
+            ok = [p for p in ok if p.remote]
+        returning, self.evacuated = self.evacuated and not evac, evac
         names = [p.name for p in ok]
         self.alarm = not ok
         if not ok:
@@ -94,11 +108,17 @@ class GroupPolicy:
             if self.pinned in names:
                 return self._switch(self.pinned, now, cause, "manual", "pinned by operator")
             dropped, self.pinned = self.pinned, None
+            if evac:
+                return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
             reason = f"pinned path {dropped} stopped qualifying"
             return self._switch(best, now, cause, "failover", reason)
 
         if self.active is None:
             return self._switch(best, now, cause, "initial", "first verdicts in")
+        if evac and self.active not in names:
+            return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
+        if returning:
+            return self._switch(best, now, cause, "return", "site evacuation over")
         if self.active not in names:
             return self._switch(
                 best, now, cause, "failover", f"{self.active} lost: {self._why(states)}"
@@ -129,11 +149,13 @@ class GroupPolicy:
             return None
         active_i = self._index(self.active)
         for p in self.spec.paths[:active_i]:
-            if p.name in self.qualified_since:
+            if p.name in self.qualified_since and (p.remote or not self.evacuated):
                 return self._failback_due(p.name)
         return None
 
-    def pin(self, path: str, states: Mapping[str, State], now: float) -> Decision | None:
+    def pin(
+        self, path: str, states: Mapping[str, State], now: float, evacuate: str | None = None
+    ) -> Decision | None:
         """Operator failover to `path`. Raises ValueError when it cannot be honoured."""
         spec = next((p for p in self.spec.paths if p.name == path), None)
         if spec is None:
@@ -141,8 +163,10 @@ class GroupPolicy:
         if not self._qualifies(spec, states):
             bad = [t for t in spec.requires if states.get(t) is not State.UP]
             raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
+        if evacuate is not None and not spec.remote and any(p.remote for p in self.spec.paths):
+            raise ValueError(f"path {path} is local and the site is evacuating ({evacuate})")
         self.pinned = path
-        return self.evaluate(states, now)
+        return self.evaluate(states, now, evacuate=evacuate)
 
     def release(self, states: Mapping[str, State], now: float) -> Decision | None:
         """Operator failback: drop any pin and move to the best path now, skipping hold."""
@@ -150,6 +174,8 @@ class GroupPolicy:
         if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
             return None
         ok = self._track(states, now, now)
+        if self.evacuated:
+            ok = [p for p in ok if p.remote]
         self.alarm = not ok
         if not ok or ok[0].name == self.active:
             return None

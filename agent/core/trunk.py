@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.core.events import State, Transition, Verdict
-from agent.core.health import HealthParams, TargetHealth, move
+from agent.core.health import HealthParams, TargetHealth, move, set_maintenance
 
 SINGLE = ""  # the destination key of a trunk probed at one fixed address
 
@@ -52,6 +52,7 @@ class TrunkHealth:
     maintenance: bool = False
     probed_state: State = State.UNKNOWN
     dests: dict[str, TargetHealth] = field(default_factory=dict)
+    deps_down: dict[str, str] = field(default_factory=dict)  # dependency -> why it is down
 
     def set_dests(self, keys: Iterable[str], at: float) -> Transition | None:
         """The destinations the trunk resolves to now; known ones keep their state."""
@@ -88,13 +89,30 @@ class TrunkHealth:
         return max(holds, default=None)
 
     def set_maintenance(self, on: bool, at: float) -> Transition | None:
-        if on == self.maintenance:
+        if self.deps_down and not on:
+            return set_maintenance(self, on, at, State.DOWN, f"{self._dep_text()}:")
+        return set_maintenance(self, on, at, self.probed_state, "probes say")
+
+    def set_dependency(self, dep: str, down: bool, at: float, why: str) -> Transition | None:
+        """A link (or other target) this trunk is reached through went down or came back.
+
+        While any dependency is down the trunk is down, whatever its last probes said:
+        they went out over the dead link, and waiting `fall` probes for them to fail
+        is exactly the delay the link watcher exists to avoid.
+        """
+        was = bool(self.deps_down)
+        if down:
+            self.deps_down[dep] = why
+        else:
+            self.deps_down.pop(dep, None)
+        if bool(self.deps_down) == was or self.maintenance:
             return None
-        self.maintenance = on
-        if on:
-            return move(self, State.MAINTENANCE, at, "maintenance on (operator)")
-        why = f"maintenance off (operator), probes say {self.probed_state}"
-        return move(self, self.probed_state, at, why)
+        if self.deps_down:
+            return move(self, State.DOWN, at, f"{dep} down: {why}")
+        return move(self, self.probed_state, at, f"{dep} back up, probes say {self.probed_state}")
+
+    def _dep_text(self) -> str:
+        return ", ".join(f"{d} down" for d in self.deps_down)
 
     def reset(self, params: HealthParams, quorum: Quorum) -> None:
         self.params, self.quorum = params, quorum
@@ -119,4 +137,4 @@ class TrunkHealth:
         self.probed_state = new
         if total > 1:
             why = f"{up} of {total} destinations up (healthy_when {self.quorum}); {why}"
-        return None if self.maintenance else move(self, new, at, why)
+        return None if self.maintenance or self.deps_down else move(self, new, at, why)
