@@ -1,4 +1,4 @@
-"""MQTT publisher: the agent's state for peers and operators.
+"""MQTT publisher: the agent's state for peers and operators (and sensor topics in).
 
 publish() never blocks and never raises, so probes and the core can call it from
 anywhere on the loop. Retained topics are cached (latest value per topic) and
@@ -6,6 +6,9 @@ republished after every reconnect: with a non-persistent broker or a broker rest
 the retained state would otherwise be gone. A Last Will marks the node offline when
 the connection dies; a deliberate stop() publishes offline itself, because a clean
 DISCONNECT makes the broker discard the Will.
+
+Subscriptions (facility/BMS sensor topics) are declared with set_subscriptions()
+and made again on every connection; a handler gets (topic, payload) on the loop.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ STATUS = "status"
 ONLINE = b"online"
 OFFLINE = b"offline"
 _WILDCARDS = ("+", "#")
+Handler = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class MqttPublisher:
         self._flush_deadline = 0.0  # loop time; set by stop()
         self._paho = _PahoDetail()
         self._paho_log = self._paho.logger()
+        self._handlers: dict[str, Handler] = {}
+        self._subscribed: set[str] = set()  # in this session
 
     @property
     def base(self) -> str:
@@ -144,6 +150,14 @@ class MqttPublisher:
                 if self._dropped == 1 or self._dropped % 1000 == 0:
                     self._log.warning("mqtt.queue_full", dropped=self._dropped)
             self._queue.append((topic, data))
+        self._wake.set()
+
+    def set_subscriptions(self, handlers: Mapping[str, Handler]) -> None:
+        """The topics to receive (concrete, no wildcards) and who gets each message."""
+        for topic in handlers:
+            if not topic or any(w in topic for w in _WILDCARDS):
+                raise ValueError(f"invalid topic to subscribe {topic!r}")
+        self._handlers = dict(handlers)
         self._wake.set()
 
     async def run(self) -> None:
@@ -219,7 +233,8 @@ class MqttPublisher:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         status = self.topic(STATUS)
-        watcher = asyncio.create_task(_until_disconnected(client))
+        self._subscribed = set()
+        watcher = asyncio.create_task(self._receive(client))
         try:
             if not self._stop.is_set():
                 await self._guard(client.publish(status, ONLINE, qos=1, retain=True), watcher)
@@ -255,7 +270,9 @@ class MqttPublisher:
 
     async def _pump(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> None:
         while not self._stop.is_set():
-            if not await self._send_next(client, watcher):
+            if self._subscribed != set(self._handlers):
+                await self._sync_subscriptions(client, watcher)
+            elif not await self._send_next(client, watcher):
                 self._wake.clear()
                 await self._guard(self._wake.wait(), watcher)
         # Stopping: flush what is pending (typically the final state snapshot), with
@@ -264,6 +281,32 @@ class MqttPublisher:
             async with asyncio.timeout_at(self._flush_deadline):
                 while await self._send_next(client, watcher):
                     pass
+
+    async def _sync_subscriptions(
+        self, client: aiomqtt.Client, watcher: asyncio.Task[None]
+    ) -> None:
+        wanted = set(self._handlers)
+        for topic in sorted(wanted - self._subscribed):
+            await self._guard(client.subscribe(topic, qos=1), watcher)
+            self._subscribed.add(topic)
+            self._log.info("mqtt.subscribed", topic=topic)
+        for topic in sorted(self._subscribed - wanted):
+            await self._guard(client.unsubscribe(topic), watcher)
+            self._subscribed.discard(topic)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        # Also the disconnection detector: iterating only ends with MqttError.
+        async for msg in client.messages:
+            topic = str(msg.topic)
+            handler = self._handlers.get(topic)
+            if handler is None:
+                continue
+            raw = msg.payload
+            data = raw if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            try:
+                handler(topic, bytes(data))
+            except Exception as exc:  # a handler's bug must not end the session
+                self._log.warning("mqtt.handler_failed", topic=topic, error=repr(exc))
 
     async def _send_next(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> bool:
         """Send one pending message; False when nothing is pending."""
@@ -329,8 +372,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{text}: {exc.__cause__}" if exc.__cause__ is not None else text
 
-
-async def _until_disconnected(client: aiomqtt.Client) -> None:
-    # We subscribe to nothing; iterating only ends with MqttError on disconnection.
-    async for _ in client.messages:
-        pass

@@ -335,3 +335,43 @@ async def test_tls_with_our_ca_and_hostname_check(tmp_path: Path) -> None:
         assert await conns.next() is True
         await insecure.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_subscriptions_are_delivered_changed_and_renewed_after_restart(mq: Broker) -> None:
+    got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    conns = Connections()
+    pub = MqttPublisher(settings(mq), on_connected=conns)
+    pub.set_subscriptions({"bms/room-a/temp": lambda t, p: got.put_nowait((t, p))})
+    task = asyncio.create_task(pub.run())
+    assert await conns.next() is True
+
+    async def send_until_seen(topic: str, payload: bytes) -> None:
+        # A subscription is made asynchronously after connecting: publish until it lands.
+        async with aiomqtt.Client(mq.host, mq.port, username=WATCHER, password=WATCHER_PW) as c:
+            async with asyncio.timeout(10):
+                while True:
+                    await c.publish(topic, payload, qos=1)
+                    try:
+                        seen = await asyncio.wait_for(got.get(), 0.2)
+                    except TimeoutError:
+                        continue
+                    assert seen == (topic, payload)
+                    return
+
+    await send_until_seen("bms/room-a/temp", b"24.5")
+    await asyncio.to_thread(mq.restart)  # a fresh broker knows no subscriptions
+    assert await conns.next() is False
+    assert await conns.next() is True
+    await send_until_seen("bms/room-a/temp", b"25.0")
+
+    pub.set_subscriptions({"bms/chiller/running": lambda t, p: got.put_nowait((t, p))})
+    await send_until_seen("bms/chiller/running", b"true")
+    async with aiomqtt.Client(mq.host, mq.port, username=WATCHER, password=WATCHER_PW) as c:
+        await c.publish("bms/room-a/temp", b"99", qos=1)
+        await c.publish("bms/chiller/running", b"false", qos=1)
+    # Ordered delivery on one connection: the dropped topic's message would come first.
+    assert await asyncio.wait_for(got.get(), 5) == ("bms/chiller/running", b"false")
+    with pytest.raises(ValueError):
+        pub.set_subscriptions({"bms/+/temp": lambda t, p: None})
+    await pub.stop()
+    await asyncio.wait_for(task, 5)
