@@ -1,31 +1,20 @@
 """External programs as an actuator: one argv per (group, path), never a shell.
 
-Programs run with a minimal environment (never the daemon's own, which may hold
-secrets), stdin from /dev/null, in their own process group so that a timeout
-kills everything they started.
+Programs run through agent.procs: a minimal environment (never the daemon's own,
+which may hold secrets), stdin from /dev/null, in their own process group so that
+a timeout kills everything they started.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.act.base import ActuatorError
+from agent.procs import BASE_ENV, ProgramError, run_program
 
 log = logging.getLogger(__name__)
-
-BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-}
-STDERR_TAIL = 8192  # bytes of stderr kept for the error message
-ERROR_LINE_MAX = 200
-DRAIN_AFTER_EXIT = 0.5  # a daemonised grandchild may keep stderr open
 
 
 @dataclass(frozen=True)
@@ -125,59 +114,8 @@ class CommandActuator:
         }
 
     async def _run(self, argv: tuple[str, ...], limit: float, group: str, path: str) -> None:
-        what = f"{group}->{path}: {argv[0]}"
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._environ(group, path),
-                start_new_session=True,  # own process group: killable as a whole
-            )
-        except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-            raise ActuatorError("spawn", f"{what}: cannot start: {reason}") from e
-        assert proc.stderr is not None
-        tail = bytearray()
-        reader = asyncio.create_task(_read_tail(proc.stderr, tail))
-        try:
-            try:
-                async with asyncio.timeout(limit):
-                    code = await proc.wait()
-            except TimeoutError:
-                _kill_group(proc.pid)
-                raise ActuatorError("timeout", f"{what}: killed after {limit:g}s") from None
-            # Stop reading soon even if a background child still holds stderr.
-            await asyncio.wait([reader], timeout=DRAIN_AFTER_EXIT)
-        finally:
-            if proc.returncode is None:  # cancelled or timed out: leave nothing behind
-                _kill_group(proc.pid)
-                await asyncio.shield(proc.wait())
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if code != 0:
-            how = f"exited with {code}" if code > 0 else f"killed by signal {-code}"
-            line = _last_line(bytes(tail))
-            raise ActuatorError("exit", f"{what}: {how}" + (f": {line}" if line else ""))
-        log.info("%s: %s ok", self.name, what)
-
-
-async def _read_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
-    while chunk := await stream.read(4096):
-        tail += chunk
-        del tail[:-STDERR_TAIL]
-
-
-def _last_line(data: bytes) -> str:
-    for raw in reversed(data.splitlines()):
-        line = raw.decode("utf-8", "replace").strip()
-        if line:
-            return line[:ERROR_LINE_MAX]
-    return ""
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+            await run_program(argv, timeout=limit, env=self._environ(group, path))
+        except ProgramError as e:
+            raise ActuatorError(e.reason, f"{group}->{path}: {e.message}") from e
+        log.info("%s: %s->%s: %s ok", self.name, group, path, argv[0])
