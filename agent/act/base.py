@@ -18,12 +18,15 @@ class ActuatorError(Exception):
     "netlink", "verify", ...); the message is one line for logs and reports.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, groups: frozenset[str] = frozenset()) -> None:
         # One line: messages may quote program output or kernel errors.
         message = " ".join(message.split())
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # The route groups that failed, when the actuator knows; empty means "all of
+        # them". The others were applied: their failovers must not wait for a retry.
+        self.groups = groups
 
     def __repr__(self) -> str:
         return f"ActuatorError({self.reason!r}, {self.message!r})"

@@ -60,6 +60,7 @@ class CommandActuator:
 
     async def apply(self, desired: Mapping[str, str]) -> bool:
         failures: list[ActuatorError] = []
+        failed: set[str] = set()
         ran = False
         for group, path, spec in self._todo(desired):
             if self._applied.get(group) == path and group not in self._stale:
@@ -70,12 +71,13 @@ class CommandActuator:
             except ActuatorError as e:
                 self._stale.add(group)  # it may have half-run: redo even if we go back
                 failures.append(e)
+                failed.add(group)
                 continue
             self._applied[group] = path
             self._stale.discard(group)
         if failures:
             detail = "; ".join(e.message for e in failures)
-            raise ActuatorError(failures[0].reason, f"{self.name}: {detail}")
+            raise ActuatorError(failures[0].reason, f"{self.name}: {detail}", frozenset(failed))
         return ran
 
     async def verify(self, desired: Mapping[str, str]) -> bool:

@@ -33,6 +33,7 @@ class ApplyReport:
     attempt: int
     error_reason: str | None = None
     error: str | None = None
+    failed_groups: frozenset[str] = frozenset()  # on failure: which groups; empty = all
 
     @property
     def duration(self) -> float:
@@ -94,6 +95,13 @@ class Converger:
         self._converged = False
         self._wake.set()
 
+    def recheck(self) -> None:
+        """Read the real system back now instead of at the next drift check: e.g. a
+        link came back and the kernel had deleted the routes through it."""
+        if self._desired is not None:
+            self._converged = False
+            self._wake.set()
+
     async def run(self) -> None:
         # Start-up touches nothing until the core has decided something.
         while self._desired is None:
@@ -142,7 +150,9 @@ class Converger:
             if not await act.verify(desired):
                 raise ActuatorError("verify", f"{act.name}: read-back differs after apply")
         except ActuatorError as e:
-            self._report(desired, False, changed, trigger, started, attempt, e.reason, e.message)
+            self._report(
+                desired, False, changed, trigger, started, attempt, e.reason, e.message, e.groups
+            )
             return False
         except Exception as e:
             log.exception("actuator %s failed unexpectedly", act.name)
@@ -177,6 +187,7 @@ class Converger:
         attempt: int,
         reason: str | None = None,
         error: str | None = None,
+        failed_groups: frozenset[str] = frozenset(),
     ) -> None:
         report = ApplyReport(
             actuator=self._actuator.name,
@@ -189,6 +200,7 @@ class Converger:
             attempt=attempt,
             error_reason=reason,
             error=error,
+            failed_groups=failed_groups,
         )
         self._last_report = report
         if ok:

@@ -167,7 +167,9 @@ class NetlinkActuator:
         wanted = self._wanted(desired)
         if not wanted:
             return False
+        group_of = {id(s): gp[0] for gp in desired.items() for s in self._routes.get(gp, ())}
         failures: list[str] = []
+        failed: set[str] = set()
         wrote = False
         async with self._session("apply") as ipr:
             seen = await self._dump(ipr, wanted)
@@ -183,10 +185,13 @@ class NetlinkActuator:
                     wrote = True
                 except ActuatorError as e:
                     failures.append(f"{_describe(spec)}: {e.message}")
+                    failed.add(group_of[id(spec)])
                 except NetlinkError as e:
                     failures.append(f"replace {_describe(spec)}: {_nl_text(e)}")
+                    failed.add(group_of[id(spec)])
         if failures:
-            raise ActuatorError("netlink", f"{self.name}{self._where()}: " + "; ".join(failures))
+            msg = f"{self.name}{self._where()}: " + "; ".join(failures)
+            raise ActuatorError("netlink", msg, frozenset(failed))
         return wrote
 
     async def verify(self, desired: Mapping[str, str]) -> bool:
