@@ -77,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     with_socket(sp)
     sp.add_argument("group")
 
-    sp = sub.add_parser("maintenance", help="put a target in or out of maintenance")
+    sp = sub.add_parser(
+        "maintenance",
+        help="put a target in or out of maintenance; 'site on|off' forces or ends evacuation",
+    )
     with_socket(sp)
-    sp.add_argument("target", help="e.g. trunk:carrier-a (or just carrier-a)")
+    sp.add_argument("target", help="trunk:NAME, link:NAME (or just NAME), or site")
     sp.add_argument("mode", choices=["on", "off"])
 
     sp = sub.add_parser("lab", help="self-contained demo: two carriers, an outage, the timeline")
@@ -107,12 +110,32 @@ def _print_status(s: dict[str, Any]) -> None:
         rtt = "-" if t.get("last_rtt_ms") is None else f"{t['last_rtt_ms']:.1f}ms"
         code = t.get("last_code") or "-"
         print(f"{name:<28} {t['state']:<12} {rtt:>9} {code!s:>5}  {t['reason']}")
+    for name, t in (s.get("links") or {}).items():
+        print(f"{name:<28} {t['state']:<12} {'-':>9} {'-':>5}  {t['reason']}")
+    sensors = s.get("sensors") or {}
+    if sensors:
+        print()
+        print(f"{'SENSOR':<20} {'STATE':<9} {'VALUE':>9} {'RATE/MIN':>9} {'TO CRIT':>8}  REASON")
+        for name, x in sensors.items():
+            value = "-" if x["value"] is None else f"{x['value']}{x['unit']}"
+            rate = "-" if x["rate_per_minute"] is None else f"{x['rate_per_minute']:+.2f}"
+            ttc = "-" if x["time_to_critical_s"] is None else f"{x['time_to_critical_s']:.0f}s"
+            print(f"{name:<20} {x['state']:<9} {value:>9} {rate:>9} {ttc:>8}  {x['reason']}")
+    ev = s.get("evacuation")
+    if ev and (ev["state"] != "normal" or ev["forced"] or ev["rule_holds"]):
+        forced = " (forced)" if ev["forced"] else ""
+        print()
+        print(f"SITE {ev['state'].upper()}{forced}: {ev['reason']}")
     print()
     print(f"{'ROUTE GROUP':<20} {'ACTIVE':<20} {'FAILBACK':<9} FLAGS")
     for name, r in s["routes"].items():
         flags = [
             f
-            for f, on in (("ALARM:no-path", r["alarm"]), ("waiting-for-verdicts", not r["ready"]))
+            for f, on in (
+                ("ALARM:no-path", r["alarm"]),
+                ("waiting-for-verdicts", not r["ready"]),
+                ("evacuated", r.get("evacuated")),
+            )
             if on
         ]
         if r["pinned"]:
@@ -121,9 +144,9 @@ def _print_status(s: dict[str, Any]) -> None:
         for p in r["paths"]:
             mark = "*" if p["name"] == r["active"] else " "
             ok = "ok" if p["qualifies"] else "--"
-            print(
-                f"   {mark} {p['name']:<20} {ok}  requires {', '.join(p['requires']) or 'nothing'}"
-            )
+            remote = " (remote)" if p.get("remote") else ""
+            needs = ", ".join(p["requires"]) or "nothing"
+            print(f"   {mark} {p['name']:<20} {ok}  requires {needs}{remote}")
     acts = s.get("actuators") or {}
     if acts:
         print()
@@ -140,7 +163,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 f"{args.config}: {p}" if not p.startswith(str(args.config)) else p, file=sys.stderr
             )
         return 1
-    print(f"{args.config}: ok ({len(cfg.trunks)} trunks, {len(cfg.routes)} route groups)")
+    print(
+        f"{args.config}: ok ({len(cfg.trunks)} trunks, {len(cfg.links)} links, "
+        f"{len(cfg.sensors)} sensors, {len(cfg.routes)} route groups)"
+    )
     return 0
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,16 +29,24 @@ from pydantic import (
 from agent import __version__
 from agent.act.netlink import RouteSpec, route_key
 from agent.core.classify import OkCodes
+from agent.core.engine import Inputs
 from agent.core.health import HealthParams
+from agent.core.link import LinkParams
 from agent.core.policy import GroupSpec, PathSpec
+from agent.core.sensor import SensorSpec
+from agent.core.site import SENSOR_STATES, TARGET_STATES, AllOf, AnyOf, Match, Rule, SiteSpec
 from agent.core.trunk import Quorum
+
+if TYPE_CHECKING:
+    from agent.watch.cooling import SensorPlan, Source
+    from agent.watch.links import LinkSpec
 
 DEFAULT_PATH = "/etc/trunkguard/trunkguard.yaml"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-TARGET_KINDS = ("trunk",)
+TARGET_KINDS = ("trunk", "link")
 
 
 def parse_duration(v: object) -> float:
@@ -63,6 +72,7 @@ def _check_ok_codes(v: list[str | int]) -> list[str | int]:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+ZeroDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
@@ -131,6 +141,7 @@ class TrunkConfig(ProbeOverrides):
     source_address: IpAddress | None = None
     source_port: int | None = Field(None, ge=0, le=65535)
     tls: TlsConfig | None = None
+    depends_on: list[str] = []  # links the trunk is reached through, e.g. ["link:uplink-a"]
 
     @field_validator("uri")
     @classmethod
@@ -231,6 +242,230 @@ class RouteGroupConfig(Strict):
     paths: list[PathConfig] = Field(min_length=1)
 
 
+def _check_ifname(v: str) -> str:
+    if not 0 < len(v.encode()) < 16 or "/" in v or v.strip() != v or v in (".", ".."):
+        raise ValueError(f"bad interface name {v!r}")
+    return v
+
+
+class LinkConfig(Strict):
+    interface: Annotated[str, AfterValidator(_check_ifname)]
+    gateway: IpAddress | None = None
+    address: IpAddress | None = None
+    down_when: list[Literal["admin", "carrier", "address", "neighbour"]] = [
+        "admin",
+        "carrier",
+        "address",
+        "neighbour",
+    ]
+    up_hold: ZeroDuration = 5.0
+    down_hold: ZeroDuration = 0.0
+
+    def spec(self, name: str) -> LinkSpec:
+        from agent.watch.links import LinkSpec
+
+        return LinkSpec(name, self.interface, self.gateway, self.address, frozenset(self.down_when))
+
+
+class HwmonConfig(Strict):
+    chip: str
+    label: str | None = None
+    input: str | None = None
+    root: str = "/sys/class/hwmon"
+
+    @model_validator(mode="after")
+    def _one(self) -> HwmonConfig:
+        if (self.label is None) == (self.input is None):
+            raise ValueError("set label (e.g. 'Package id 0') or input (e.g. 'temp1'), not both")
+        return self
+
+
+class ThermalConfig(Strict):
+    type: str
+    root: str = "/sys/class/thermal"
+
+
+class LmSensorsConfig(Strict):
+    chip: str
+    feature: str
+    subfeature: str | None = None
+    argv: list[str] = ["/usr/bin/sensors", "-j"]
+
+
+class IpmiConfig(Strict):
+    name: str
+    argv: list[str] = ["/usr/bin/ipmitool", "sdr", "type", "Temperature"]
+
+
+class SensorCommand(Strict):
+    argv: list[str] = Field(min_length=1)
+
+
+class MqttSensor(Strict):
+    topic: str
+    field: str | None = None  # dot path into a JSON payload; plain value when absent
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v or "+" in v or "#" in v or "\0" in v:
+            raise ValueError(f"topic must be one concrete topic, no wildcards: {v!r}")
+        return v
+
+
+_SOURCES = ("hwmon", "thermal", "lm_sensors", "ipmi", "command", "mqtt")
+
+
+class SensorConfig(Strict):
+    description: str = ""
+    kind: Literal["number", "bool"] = "number"
+    unit: str = ""
+    hwmon: HwmonConfig | None = None
+    thermal: ThermalConfig | None = None
+    lm_sensors: LmSensorsConfig | None = None
+    ipmi: IpmiConfig | None = None
+    command: SensorCommand | None = None
+    mqtt: MqttSensor | None = None
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+    stale_after: Duration = 60.0
+    warn: float | None = None
+    critical: float | None = None
+    direction: Literal["above", "below"] = "above"
+    hysteresis: float = Field(1.0, ge=0)
+    window: Duration = 300.0
+    warn_when: bool | None = None
+    critical_when: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SensorConfig:
+        given = [k for k in _SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one source: {', '.join(_SOURCES)}")
+        for k in ("argv",):
+            for src in (self.lm_sensors, self.ipmi, self.command):
+                argv = getattr(src, k, None)
+                if argv is not None and (not argv or not argv[0].startswith("/")):
+                    raise ValueError("program must be an absolute path (no PATH lookup)")
+        if self.kind == "bool":
+            if self.warn is not None or self.critical is not None:
+                raise ValueError("bool sensors use warn_when/critical_when, not warn/critical")
+        else:
+            if self.warn_when is not None or self.critical_when is not None:
+                raise ValueError("warn_when/critical_when are for kind: bool")
+            if self.warn is not None and self.critical is not None:
+                ordered = (
+                    self.warn < self.critical
+                    if self.direction == "above"
+                    else (self.warn > self.critical)
+                )
+                if not ordered:
+                    side = "below" if self.direction == "above" else "above"
+                    raise ValueError(f"warn must be {side} critical (direction {self.direction})")
+        if self.mqtt is None and self.stale_after <= self.interval:
+            raise ValueError("stale_after must be longer than interval")
+        return self
+
+    def core_spec(self, name: str) -> SensorSpec:
+        return SensorSpec(
+            name,
+            self.kind,
+            self.warn,
+            self.critical,
+            self.direction,
+            self.hysteresis,
+            self.window,
+            self.stale_after,
+            self.warn_when,
+            self.critical_when,
+            self.unit,
+        )
+
+    def source(self) -> Source:
+        from agent.watch import cooling
+
+        if self.hwmon is not None:
+            h = self.hwmon
+            return cooling.HwmonSource(h.chip, h.label, h.input, h.root)
+        if self.thermal is not None:
+            return cooling.ThermalSource(self.thermal.type, self.thermal.root)
+        if self.lm_sensors is not None:
+            m = self.lm_sensors
+            return cooling.LmSensorsSource(m.chip, m.feature, m.subfeature, tuple(m.argv))
+        if self.ipmi is not None:
+            return cooling.IpmiSource(self.ipmi.name, tuple(self.ipmi.argv))
+        if self.command is not None:
+            return cooling.CommandSource(tuple(self.command.argv))
+        assert self.mqtt is not None
+        return cooling.MqttSource(self.mqtt.topic, self.mqtt.field)
+
+
+class RuleConfig(Strict):
+    """One evacuation rule: any_of / all_of of rules, or a match over sensors or targets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    any_of: list[RuleConfig] | None = Field(None, min_length=1)
+    all_of: list[RuleConfig] | None = Field(None, min_length=1)
+    sensors: list[str] | None = Field(None, min_length=1)
+    targets: list[str] | None = Field(None, min_length=1)
+    is_: str | None = Field(None, alias="is")
+    at_least: Literal["all"] | Annotated[int, Field(strict=True, ge=1)] = 1
+    critical_within: Duration | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> RuleConfig:
+        kinds = [k for k in ("any_of", "all_of", "sensors", "targets") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("a rule is exactly one of any_of, all_of, sensors or targets")
+        if self.sensors:
+            if (self.is_ is None) == (self.critical_within is None):
+                raise ValueError(
+                    "a sensor rule needs 'is' (warn, critical, stale) or critical_within"
+                )
+            if self.is_ is not None and self.is_ not in SENSOR_STATES:
+                raise ValueError(f"is must be one of {', '.join(SENSOR_STATES)} for sensors")
+        elif self.targets:
+            if self.is_ not in TARGET_STATES or self.critical_within is not None:
+                raise ValueError(f"a target rule needs is: {' or '.join(TARGET_STATES)}")
+        elif self.is_ is not None or self.critical_within is not None:
+            raise ValueError("is/critical_within belong to a sensors or targets rule")
+        names = self.sensors or self.targets or []
+        if isinstance(self.at_least, int) and names and self.at_least > len(names):
+            raise ValueError(f"at_least {self.at_least} is more than the {len(names)} listed")
+        return self
+
+    def rule(self) -> Rule:
+        if self.any_of:
+            return AnyOf(tuple(r.rule() for r in self.any_of))
+        if self.all_of:
+            return AllOf(tuple(r.rule() for r in self.all_of))
+        return Match(
+            tuple(self.sensors or ()),
+            tuple(self.targets or ()),
+            self.is_,
+            None if self.at_least == "all" else self.at_least,
+            self.critical_within,
+        )
+
+    def walk(self, loc: Loc) -> Iterator[tuple[Loc, RuleConfig]]:
+        yield loc, self
+        for key in ("any_of", "all_of"):
+            for i, r in enumerate(getattr(self, key) or ()):
+                yield from r.walk((*loc, key, i))
+
+
+class EvacuationConfig(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    when: RuleConfig | None = None
+    hold: Duration = 300.0
+    return_: Literal["auto", "manual"] = Field("auto", alias="return")
+
+    def spec(self) -> SiteSpec:
+        return SiteSpec(None if self.when is None else self.when.rule(), self.hold, self.return_)
+
+
 class ActuatorSettings(Strict):
     drift_interval: Duration = 10.0
     backoff_initial: Duration = 0.1
@@ -300,6 +535,9 @@ class Config(Strict):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
     trunks: dict[Name, TrunkConfig] = {}
+    links: dict[Name, LinkConfig] = {}
+    sensors: dict[Name, SensorConfig] = {}
+    evacuation: EvacuationConfig = Field(default_factory=EvacuationConfig)
     routes: dict[Name, RouteGroupConfig] = {}
     actuators: ActuatorSettings = Field(default_factory=ActuatorSettings)
     mqtt: MqttConfig | None = None
@@ -323,6 +561,29 @@ class Config(Strict):
             p = self.probe_for(name)
             out[f"trunk:{name}"] = HealthParams(p.interval, p.fast_interval, p.rise, p.fall)
         return out
+
+    def inputs(self) -> Inputs:
+        return Inputs(
+            links={
+                f"link:{n}": LinkParams(lc.up_hold, lc.down_hold) for n, lc in self.links.items()
+            },
+            depends={
+                f"trunk:{n}": tuple(t.depends_on) for n, t in self.trunks.items() if t.depends_on
+            },
+            sensors={n: sc.core_spec(n) for n, sc in self.sensors.items()},
+            site=self.evacuation.spec(),
+        )
+
+    def link_specs(self) -> list[LinkSpec]:
+        return [lc.spec(n) for n, lc in self.links.items()]
+
+    def sensor_plans(self) -> list[SensorPlan]:
+        from agent.watch.cooling import SensorPlan
+
+        return [
+            SensorPlan(n, sc.source(), sc.kind, sc.interval, sc.timeout)
+            for n, sc in self.sensors.items()
+        ]
 
     def group_specs(self) -> list[GroupSpec]:
         return [
@@ -404,7 +665,31 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
     """Checks that span sections: references between targets and route groups."""
     problems: list[str] = []
     owner: dict[tuple[str, int, int], str] = {}
-    known = {f"trunk:{n}" for n in cfg.trunks}
+    known = {f"trunk:{n}" for n in cfg.trunks} | {f"link:{n}" for n in cfg.links}
+    links = {f"link:{n}" for n in cfg.links}
+    for name, t in cfg.trunks.items():
+        for j, dep in enumerate(t.depends_on):
+            if dep not in links:
+                msg = f"unknown link {dep!r} (write link:NAME, one of the links section)"
+                problems.append(lines.problem(("trunks", name, "depends_on", j), msg))
+    for name, sc in cfg.sensors.items():
+        if sc.mqtt is not None and cfg.mqtt is None:
+            msg = "an mqtt sensor needs the mqtt section (the broker to subscribe on)"
+            problems.append(lines.problem(("sensors", name, "mqtt"), msg))
+    when = cfg.evacuation.when
+    if when is not None:
+        for rloc, r in when.walk(("evacuation", "when")):
+            for j, sname in enumerate(r.sensors or ()):
+                if sname not in cfg.sensors:
+                    msg = f"unknown sensor {sname!r}"
+                    problems.append(lines.problem((*rloc, "sensors", j), msg))
+            for j, tname in enumerate(r.targets or ()):
+                if tname not in known:
+                    msg = f"unknown target {tname!r} (trunk:NAME or link:NAME)"
+                    problems.append(lines.problem((*rloc, "targets", j), msg))
+        if not any(p.remote for g in cfg.routes.values() for p in g.paths):
+            msg = "no route group has a path with remote: true to evacuate to"
+            problems.append(lines.problem(("evacuation", "when"), msg))
     for name in cfg.trunks:
         eff = cfg.probe_for(name)
         if eff.fast_interval > eff.interval:

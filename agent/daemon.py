@@ -1,6 +1,7 @@
 """The daemon: the imperative shell around the pure core.
 
-One event loop. Probe loops feed verdicts into the Engine; each Step it returns
+One event loop. Probe loops, the link watcher and the sensor pollers (and MQTT
+sensor topics) feed observations into the Engine; each Step it returns
 is carried out here: logs, metrics, MQTT, persisted intent, and the desired
 routing pushed to the actuators' convergers. Nothing here decides routing.
 
@@ -30,9 +31,14 @@ from agent.config import Config, ConfigError, load_config
 from agent.control import ControlError, ControlServer
 from agent.core.engine import Engine, Step
 from agent.core.events import Decision, ProbeOutcome, State, Transition, Verdict
+from agent.core.sensor import LEVELS, SensorChange, SensorHealth
+from agent.core.site import SiteChange
 from agent.obs import systemd
 from agent.obs.logging import configure_logging, get_logger
 from agent.obs.metrics import Metrics
+from agent.watch.cooling import MqttSource, Sample, SensorPlan, SensorWatcher
+from agent.watch.links import LinkWatcher
+from agent.watch.sensor_parse import SensorReadError, parse_payload
 from agent.watch.trunks import TrunkPlan, TrunkWatcher
 
 Observer = Callable[[str, Mapping[str, Any]], None]
@@ -116,7 +122,11 @@ class Daemon:
         self.started = self.clock()
         self.wall_offset = time.time() - self.started
         self.metrics = Metrics(mqtt_enabled=cfg.mqtt is not None)
-        self.engine = Engine(cfg.health_params(), cfg.group_specs(), cfg.quorums())
+        self.engine = Engine(
+            cfg.health_params(), cfg.group_specs(), cfg.quorums(), cfg.inputs(), self.started
+        )
+        for name in cfg.sensors:
+            self.metrics.set_sensor_state(name, "unknown", LEVELS)
         self.seq = 0
         self.last_outcome: dict[str, ProbeOutcome] = {}
         self._probe_metrics: dict[tuple[str, str], _ProbeMetrics] = {}
@@ -138,8 +148,10 @@ class Daemon:
             self.log.warning("state file unusable", problem=problem)
         now = self.clock()
         for target in saved.maintenance:
-            if target in self.engine.targets:
-                self.engine.targets[target].set_maintenance(True, now)
+            h = self.engine.targets.get(target) or self.engine.links.get(target)
+            if h is not None:
+                h.set_maintenance(True, now)
+        self.engine.site.restore(saved.evacuating, saved.evacuation_forced, now)
         for gname, path in saved.active.items():
             g = self.engine.groups.get(gname)
             if g and any(p.name == path for p in g.spec.paths):
@@ -157,7 +169,12 @@ class Daemon:
         return persist.Saved(
             active={n: g.active for n, g in self.engine.groups.items() if g.active},
             pinned={n: g.pinned for n, g in self.engine.groups.items() if g.pinned},
-            maintenance=[n for n, t in self.engine.targets.items() if t.maintenance],
+            maintenance=[
+                *(n for n, t in self.engine.targets.items() if t.maintenance),
+                *(n for n, lh in self.engine.links.items() if lh.maintenance),
+            ],
+            evacuating=self.engine.site.evacuating is not None,
+            evacuation_forced=self.engine.site.forced,
         )
 
     async def _writer(self) -> None:
@@ -310,7 +327,9 @@ class Daemon:
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in changed})
         self.cfg = new
         configure_logging(new.log_level, self.json_logs)
-        self.engine.reconfigure(new.health_params(), new.group_specs(), new.quorums())
+        self.engine.reconfigure(
+            new.health_params(), new.group_specs(), new.quorums(), new.inputs(), self.clock()
+        )
         self.metrics.config_reload_total.labels(result="ok").inc()
         self.log.info("config reloaded", trunks=len(new.trunks), groups=len(new.routes))
         systemd.ready("reloaded")
@@ -342,12 +361,30 @@ class Daemon:
             for a in build_actuators(cfg, env)
         ]
         self.pushed = {}
+        links = LinkWatcher(cfg.link_specs(), self._on_link, log=self.log, clock=self.clock)
+        plans = cfg.sensor_plans()
+        sensors = SensorWatcher(plans, self._on_sample, log=self.log, clock=self.clock, env=env)
+        if self.mqtt is not None:
+            self.mqtt.set_subscriptions(
+                {
+                    p.source.topic: self._mqtt_sensor(p, p.source.field)
+                    for p in plans
+                    if isinstance(p.source, MqttSource)
+                }
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 for c in self.convergers:
                     tg.create_task(self._supervise(f"actuator {c.actuator.name}", c.run))
+                if cfg.links:
+                    tg.create_task(self._supervise("links", links.run))
+                if plans:
+                    tg.create_task(self._supervise("sensors", sensors.run))
                 tg.create_task(watcher.run(self._supervise))
                 tg.create_task(self._supervise("timers", self._timer_loop))
+                # Groups that depend on nothing (and site rules) are decided now, not
+                # at the first transition that happens to feed them.
+                self._handle(self.engine.tick(self.clock()))
                 self._push_desired()
         finally:
             watcher.close()
@@ -392,6 +429,46 @@ class Daemon:
             self.log.info("destinations", target=target, dests=dests)
         self._handle(self.engine.set_dests(target, dests, self.clock()))
 
+    def _on_link(self, name: str, up: bool, reason: str, at: float) -> None:
+        self._handle(self.engine.observe_link(f"link:{name}", up, reason, at))
+        self._timer_wake.set()  # a link coming up starts its up_hold timer
+
+    def _mqtt_sensor(self, plan: SensorPlan, field: str | None) -> Callable[[str, bytes], None]:
+        def handle(topic: str, payload: bytes) -> None:
+            try:
+                value: Sample | None = parse_payload(payload, field, plan.kind)
+                error = ""
+            except SensorReadError as e:
+                value, error = None, f"{topic}: {e}"
+            self._on_sample(plan.name, value, self.clock(), error)
+
+        return handle
+
+    def _on_sample(self, name: str, value: Sample | None, at: float, error: str) -> None:
+        sh = self.engine.sensors.get(name)
+        if sh is None:
+            return  # a late reading for a sensor removed by a reload
+        if value is None:
+            self.metrics.sensor_read_errors_total.labels(sensor=name).inc()
+            self.engine.sensor_failed(name, error)
+            self._observe("sensor_error", sensor=name, error=error, mono=at)
+            return
+        step = self.engine.observe_sensor(name, value, at)
+        m = self.metrics
+        m.sensor_value.labels(sensor=name).set(float(value))
+        ttc = sh.time_to_critical(at)
+        if sh.spec.critical is not None and sh.spec.kind == "number":
+            m.sensor_time_to_critical_seconds.labels(sensor=name).set(
+                float("inf") if ttc is None else ttc
+            )
+        rate = sh.rate_per_minute()
+        if rate is not None:
+            m.sensor_rate_per_minute.labels(sensor=name).set(rate)
+        if self.mqtt:
+            self.mqtt.publish(f"sensors/{name}", self._sensor_json(sh, at), retain=True)
+        self._observe("sensor", sensor=name, value=value, level=sh.level.value, ttc=ttc, mono=at)
+        self._handle(step)
+
     def _transport_event(self, key: str, kind: str, detail: str) -> None:
         # The stream prober reports a transport problem once per change, not per probe.
         self.log.warning("transport problem", connection=key, kind=kind, detail=detail)
@@ -420,14 +497,26 @@ class Daemon:
             self._on_dest_transition(t)
         for t in step.transitions:
             self._on_transition(t)
+        for c in step.sensor_changes:
+            self._on_sensor_change(c)
+        for sc in step.site_changes:
+            self._on_site_change(sc)
         for d in step.decisions:
             self._on_decision(d)
         self._push_desired()
-        if step:
-            if step.decisions or any(
+        if any(t.target.startswith("link:") and t.new is State.UP for t in step.transitions):
+            # Routes through a link that went down may have been deleted by the kernel.
+            for conv in self.convergers:
+                conv.recheck()
+        if (
+            step.decisions
+            or step.site_changes
+            or any(
                 t.new is State.MAINTENANCE or t.old is State.MAINTENANCE for t in step.transitions
-            ):
-                self._save()
+            )
+        ):
+            self._save()
+        if step.transitions or step.decisions or step.site_changes or step.dest_transitions:
             self._publish_state()
         self._timer_wake.set()
 
@@ -447,7 +536,41 @@ class Daemon:
             "reason": t.reason,
             "at": self._wall(t.at),
         }
-        self._announce("transition", payload, t.at, f"{kind}s/{name}", self._target_json(t.target))
+        self._announce(
+            "transition", payload, t.at, f"{kind}s/{name}", self._any_target_json(t.target)
+        )
+
+    def _on_sensor_change(self, c: SensorChange) -> None:
+        log = self.log.warning if c.new.value in ("warn", "critical", "stale") else self.log.info
+        log("sensor", sensor=c.sensor, old=c.old.value, new=c.new.value, reason=c.reason)
+        self.metrics.set_sensor_state(c.sensor, c.new.value, LEVELS)
+        payload = {
+            "sensor": c.sensor,
+            "old": c.old.value,
+            "new": c.new.value,
+            "reason": c.reason,
+            "at": self._wall(c.at),
+        }
+        if self.mqtt:
+            self.mqtt.publish("events", {"type": "sensor", **payload})
+        self._observe("sensor_change", **payload, mono=c.at)
+
+    def _on_site_change(self, c: SiteChange) -> None:
+        evac = c.new.value == "evacuating"
+        (self.log.error if evac else self.log.warning)(
+            "site", old=c.old.value, new=c.new.value, reason=c.reason, forced=c.forced
+        )
+        self.metrics.site_evacuating.set(1 if evac else 0)
+        if evac:
+            self.metrics.evacuations_total.labels(cause="operator" if c.forced else "rule").inc()
+        payload = {
+            "old": c.old.value,
+            "new": c.new.value,
+            "reason": c.reason,
+            "forced": c.forced,
+            "at": self._wall(c.at),
+        }
+        self._announce("site", payload, c.at, "site", self._site_json())
 
     def _on_dest_transition(self, t: Transition) -> None:
         """One resolved target of a multi-target trunk changed; the trunk may not have."""
@@ -531,11 +654,15 @@ class Daemon:
                 reason=r.error_reason,
                 error=r.error,
                 attempt=r.attempt,
+                groups=sorted(r.failed_groups) or "all",
             )
-            return
-        if r.trigger == "drift" and r.changed:
+            if not r.failed_groups:
+                return
+        elif r.trigger == "drift" and r.changed:
             self.log.warning("routing drifted and was re-applied", actuator=r.actuator)
         for group, pend in list(self.pending.items()):
+            if group in r.failed_groups:
+                continue  # the others were applied even though this one failed
             if r.desired.get(group) == pend.path:
                 pend.waiting.discard(r.actuator)
                 if not pend.waiting:
@@ -594,12 +721,60 @@ class Daemon:
             }
         return out
 
+    def _any_target_json(self, target: str) -> dict[str, Any]:
+        return (
+            self._target_json(target) if target in self.engine.targets else self._link_json(target)
+        )
+
+    def _link_json(self, target: str) -> dict[str, Any]:
+        lh = self.engine.links[target]
+        out: dict[str, Any] = {
+            "state": lh.state.value,
+            "since": self._wall(lh.since),
+            "reason": lh.reason,
+            "kernel": lh.seen.value,
+        }
+        if lh.seen_reason:
+            out["kernel_reason"] = lh.seen_reason
+        due = lh.due()
+        if due is not None:
+            out["settles_at"] = self._wall(due)
+        return out
+
+    def _sensor_json(self, sh: SensorHealth, now: float) -> dict[str, Any]:
+        ttc = sh.time_to_critical(now)
+        rate = sh.rate_per_minute()
+        return {
+            "state": sh.level.value,
+            "since": self._wall(sh.since),
+            "reason": sh.reason,
+            "value": sh.value,
+            "unit": sh.spec.unit,
+            "read_at": None if sh.last_at is None else self._wall(sh.last_at),
+            "rate_per_minute": None if rate is None else round(rate, 3),
+            "time_to_critical_s": None if ttc is None else round(ttc, 1),
+            "error": sh.error or None,
+        }
+
+    def _site_json(self) -> dict[str, Any]:
+        site = self.engine.site
+        return {
+            "state": site.state.value,
+            "since": self._wall(site.since),
+            "reason": site.reason,
+            "forced": site.forced,
+            "rule_holds": site.holding,
+            "return": site.spec.return_mode,
+            "hold_s": site.spec.hold,
+        }
+
     def _route_json(self, group: str) -> dict[str, Any]:
         g = self.engine.groups[group]
         states = self.engine.states()
         return {
             "active": g.active,
             "pinned": g.pinned,
+            "evacuated": g.evacuated,
             "alarm": g.alarm,
             "ready": g.ready,
             "failback": g.spec.failback,
@@ -617,14 +792,18 @@ class Daemon:
 
     def snapshot(self) -> dict[str, Any]:
         self.seq += 1
+        now = self.clock()
         return {
             "schema": 1,
             "seq": self.seq,
             "site": self.cfg.site,
             "node": self.cfg.node,
             "version": __version__,
-            "uptime_s": round(self.clock() - self.started, 1),
+            "uptime_s": round(now - self.started, 1),
             "targets": {t: self._target_json(t) for t in self.engine.targets},
+            "links": {t: self._link_json(t) for t in self.engine.links},
+            "sensors": {n: self._sensor_json(sh, now) for n, sh in self.engine.sensors.items()},
+            "evacuation": self._site_json(),
             "routes": {g: self._route_json(g) for g in self.engine.groups},
             "actuators": {c.actuator.name: {"converged": c.converged} for c in self.convergers},
             "mqtt": None if self.mqtt is None else {"connected": self.mqtt.connected},
@@ -645,6 +824,8 @@ class Daemon:
                 step = self.engine.failover(str(req.get("group")), str(req.get("path")), now)
             elif cmd == "failback":
                 step = self.engine.failback(str(req.get("group")), now)
+            elif cmd == "maintenance" and req.get("target") == "site":
+                step = self.engine.evacuate(bool(req.get("on")), now)
             elif cmd == "maintenance":
                 target = self._resolve_target(str(req.get("target")))
                 step = self.engine.set_maintenance(target, bool(req.get("on")), now)
@@ -663,9 +844,10 @@ class Daemon:
         }
 
     def _resolve_target(self, name: str) -> str:
-        if name in self.engine.targets:
+        every = [*self.engine.targets, *self.engine.links]
+        if name in every:
             return name
-        matches = [t for t in self.engine.targets if t.partition(":")[2] == name]
+        matches = [t for t in every if t.partition(":")[2] == name]
         if len(matches) == 1:
             return matches[0]
         raise KeyError(

@@ -20,6 +20,8 @@ class Saved:
     active: dict[str, str] = field(default_factory=dict)
     pinned: dict[str, str] = field(default_factory=dict)
     maintenance: list[str] = field(default_factory=list)
+    evacuating: bool = False
+    evacuation_forced: bool = False
 
 
 def load(state_dir: str | None) -> tuple[Saved, str | None]:
@@ -40,6 +42,8 @@ def load(state_dir: str | None) -> tuple[Saved, str | None]:
             active={str(k): str(v) for k, v in dict(raw.get("active", {})).items()},
             pinned={str(k): str(v) for k, v in dict(raw.get("pinned", {})).items()},
             maintenance=[str(t) for t in raw.get("maintenance", [])],
+            evacuating=raw.get("evacuating") is True,
+            evacuation_forced=raw.get("evacuation_forced") is True,
         ), None
     except (TypeError, ValueError) as e:
         return Saved(), f"ignoring {path}: {e}"
@@ -56,6 +60,8 @@ def save(state_dir: str | None, saved: Saved) -> None:
             "active": saved.active,
             "pinned": saved.pinned,
             "maintenance": sorted(saved.maintenance),
+            "evacuating": saved.evacuating,
+            "evacuation_forced": saved.evacuation_forced,
         },
         indent=1,
         sort_keys=True,

@@ -159,6 +159,48 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.sensor_value = Gauge(
+            "trunkguard_sensor_value",
+            "Last reading of the sensor (booleans as 1/0), in the sensor's own unit.",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_state = Gauge(
+            "trunkguard_sensor_state",
+            "1 for the sensor's current state (ok, warn, critical, stale, unknown), 0 else.",
+            ["sensor", "state"],
+            registry=r,
+        )
+        self.sensor_time_to_critical_seconds = Gauge(
+            "trunkguard_sensor_time_to_critical_seconds",
+            "Projected time until the sensor reaches critical at its current trend "
+            "(+Inf when flat or falling, 0 when critical).",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_rate_per_minute = Gauge(
+            "trunkguard_sensor_rate_per_minute",
+            "Rate of change of the sensor over its window, in its unit per minute.",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_read_errors_total = Counter(
+            "trunkguard_sensor_read_errors_total",
+            "Sensor readings that could not be taken or parsed.",
+            ["sensor"],
+            registry=r,
+        )
+        self.site_evacuating = Gauge(
+            "trunkguard_site_evacuating",
+            "1 while this site is evacuating (route groups on their remote paths).",
+            registry=r,
+        )
+        self.evacuations_total = Counter(
+            "trunkguard_evacuations_total",
+            "Site evacuations started (by rule or by operator).",
+            ["cause"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "trunkguard_build_info",
             "Always 1; the version is a label.",
@@ -184,6 +226,10 @@ class Metrics:
     def set_target_state(self, kind: str, name: str, state: str, all_states: Sequence[str]) -> None:
         for s in {*all_states, state}:
             self.target_state.labels(kind, name, s).set(1 if s == state else 0)
+
+    def set_sensor_state(self, sensor: str, state: str, all_states: Sequence[str]) -> None:
+        for s in all_states:
+            self.sensor_state.labels(sensor, s).set(1 if s == state else 0)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Start the /metrics HTTP exporter in a thread; returns a function that stops it."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.lib import sipp
@@ -23,6 +23,8 @@ class Lab:
     carrier_a: Netns
     carrier_b: Netns
     tmp: Path
+    # veth names: the agent's end towards each carrier, and the carrier's end.
+    links: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def config(
         self,
@@ -71,9 +73,11 @@ routes:
 @contextmanager
 def two_carriers(tmp: Path) -> Iterator[Lab]:
     with namespaces("ag", "ca", "cb") as (ag, ca, cb), ExitStack() as stack:
-        veth(ag, "192.0.2.2/24", ca, f"{GW_A}/24")
-        veth(ag, "198.51.100.2/24", cb, f"{GW_B}/24")
+        links = {
+            "a": veth(ag, "192.0.2.2/24", ca, f"{GW_A}/24"),
+            "b": veth(ag, "198.51.100.2/24", cb, f"{GW_B}/24"),
+        }
         for ns, ip in ((ca, GW_A), (cb, GW_B)):
             # The carrier must know the way back to the agent's other side too.
             stack.enter_context(sipp.options_responder(tmp, ip, 5060, netns=ns.name))
-        yield Lab(ag, ca, cb, tmp)
+        yield Lab(ag, ca, cb, tmp, links)
