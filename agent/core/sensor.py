@@ -164,9 +164,16 @@ class SensorHealth:
 
     def time_to_critical(self, now: float) -> float | None:
         """Seconds until the fitted trend reaches `critical`; 0 when already there,
-        None when there is no threshold, no trend yet, or the trend points away."""
+        None when there is no threshold, no trend yet, the trend points away, or the
+        sensor is stale (no live figure to show; rules use projected())."""
+        if self.level is Level.STALE:
+            return None
+        return self.projected(now)
+
+    def projected(self, now: float) -> float | None:
+        """time_to_critical from the readings alone, whether or not they still come."""
         s = self.spec
-        if s.kind != "number" or s.critical is None or self.level is Level.STALE:
+        if s.kind != "number" or s.critical is None:
             return None
         if self.value_level is Level.CRITICAL:
             return 0.0

@@ -55,11 +55,13 @@ Rule = Match | AnyOf | AllOf
 def _sensor_hit(m: Match, h: SensorHealth, now: float) -> str | None:
     shown = "no reading" if h.value is None else describe(h.spec, h.value)
     if m.critical_within is not None:
-        ttc = h.time_to_critical(now)
+        # A stale sensor is judged on its last reading, as levels are below: a projection
+        # that held does not clear because the sensor then went quiet.
+        last = h.last_at if h.level is Level.STALE else None
+        ttc = h.projected(now if last is None else last)
         if ttc is not None and ttc <= m.critical_within:
-            if ttc == 0:
-                return f"{h.name} {shown} critical"
-            return f"{h.name} {shown} critical in {fmt_seconds(ttc)}"
+            when = "critical" if ttc == 0 else f"critical in {fmt_seconds(ttc)}"
+            return f"{h.name} {shown} {when}" + ("" if last is None else " (stale)")
         return None
     if m.is_ == "stale":
         return f"{h.name} stale" if h.level is Level.STALE else None

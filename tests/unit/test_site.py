@@ -95,6 +95,28 @@ def test_projection_match() -> None:
     assert evaluate(rule, s, {}, 120) == ("2 of 3: room1 40 critical, room2 24 critical in 4m00s")
 
 
+def test_a_projection_that_held_does_not_clear_when_the_sensor_goes_quiet() -> None:
+    s = rooms(22, None, 22)
+    for i in range(13):  # room2: 24 at t=120 and climbing 2 degrees a minute
+        s["room2"].observe(20.0 + i / 3, 10.0 * i)
+    rule = Match(sensors=ROOMS, critical_within=600.0)
+    assert evaluate(rule, s, {}, 120) == "1 of 3: room2 24 critical in 4m00s"
+    for h in s.values():
+        h.tick(180)  # all quiet for 60 s: stale (a dying sensor in a heating room)
+    assert s["room2"].level is Level.STALE
+    assert s["room2"].time_to_critical(180) is None  # nothing to show as a live figure
+    # ...but the rule is judged on its last reading, as levels are: still held.
+    assert evaluate(rule, s, {}, 180) == "1 of 3: room2 24 critical in 4m00s (stale)"
+    assert evaluate(rule, s, {}, 10_000) is not None
+    # A stale sensor whose trend did not hold the rule does not start to hold it.
+    flat = rooms(22, 22, 22)
+    for i in range(13):
+        flat["room1"].observe(22.0 + i / 60, 10.0 * i)  # 0.1 a minute: 80 min away
+    for h in flat.values():
+        h.tick(10_000)
+    assert evaluate(rule, flat, {}, 10_000) is None
+
+
 def test_target_match() -> None:
     rule = Match(targets=("link:a", "link:b"), is_="down", at_least=None)
     states = {"link:a": State.DOWN, "link:b": State.UP}
