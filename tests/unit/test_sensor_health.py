@@ -176,6 +176,18 @@ def test_time_to_critical_none_without_threshold_trend_or_when_falling() -> None
     assert h.time_to_critical(110) is None  # flat
 
 
+def test_a_stale_sensor_has_no_live_projection_but_keeps_its_last_one() -> None:
+    h = SensorHealth(ROOM)
+    for i in range(13):
+        h.observe(20.0 + i / 3, 10.0 * i)
+    assert h.projected(120) == h.time_to_critical(120) == pytest.approx(240.0)
+    h.tick(180)
+    assert h.level is Level.STALE and h.time_to_critical(180) is None
+    assert h.projected(120) == pytest.approx(240.0)  # for rules: from the readings alone
+    assert SensorHealth(ROOM).projected(0) is None
+    assert SensorHealth(CHILLER).projected(0) is None
+
+
 def test_time_to_critical_zero_while_critical_even_when_falling() -> None:
     h = SensorHealth(ROOM)
     levels(h, [36, 35, 34, 33, 32, 31.5])
