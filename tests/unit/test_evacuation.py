@@ -615,3 +615,20 @@ def test_a_pending_failback_does_not_spin_while_a_new_target_is_unknown() -> Non
     eng.tick(50)
     w = eng.next_wakeup()
     assert w is None or w > 50
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Engine.reconfigure releases dropped dependencies only for trunks still listed "
+    "in `depends`: a trunk whose depends_on is removed while its link is down keeps "
+    "deps_down and stays down for good (no later link event reaches it)",
+)
+def test_a_reload_that_drops_a_dependency_frees_the_trunk() -> None:
+    eng = engine([LINKED], rule=None, links=[LINK], depends={LOCAL: (LINK,)})
+    eng.observe_link(LINK, True, "carrier", 0)
+    all_up(eng, 0)
+    eng.observe_link(LINK, False, "carrier lost", 10)
+    assert eng.targets[LOCAL].state is D
+    inputs = Inputs(links={LINK: LinkParams()})  # same link, no depends_on any more
+    eng.reconfigure(dict.fromkeys(eng.targets, P), [LINKED], inputs=inputs, now=20)
+    assert eng.targets[LOCAL].state is U  # its probes say up
