@@ -327,9 +327,13 @@ class Daemon:
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in changed})
         self.cfg = new
         configure_logging(new.log_level, self.json_logs)
-        self.engine.reconfigure(
+        fresh = new.sensors.keys() - self.engine.sensors.keys()
+        step = self.engine.reconfigure(
             new.health_params(), new.group_specs(), new.quorums(), new.inputs(), self.clock()
         )
+        for name in fresh:
+            self.metrics.set_sensor_state(name, "unknown", LEVELS)
+        self._handle(step)
         self.metrics.config_reload_total.labels(result="ok").inc()
         self.log.info("config reloaded", trunks=len(new.trunks), groups=len(new.routes))
         systemd.ready("reloaded")

@@ -73,8 +73,10 @@ class Engine:
         quorums: Mapping[str, Quorum] | None = None,
         inputs: Inputs | None = None,
         now: float = 0.0,
-    ) -> None:
-        """Apply new settings, keeping what is known about targets and groups that remain."""
+    ) -> Step:
+        """Apply new settings, keeping what is known about targets and groups that remain.
+
+        Returns what the new settings changed at once (a dependency dropped or added)."""
         inp = inputs or Inputs()
         old_t, old_g = self.targets, self.groups
         self.targets = {}
@@ -100,19 +102,20 @@ class Engine:
         self.site.spec = inp.site
         # Trunks reached through links: a link going down takes them down at once.
         self._dependants: dict[str, list[str]] = {}
-        for trunk, deps in inp.depends.items():
-            th = self.targets.get(trunk)
-            if th is None:
-                continue
+        changed: list[Transition] = []
+        for trunk, th in self.targets.items():
+            deps = inp.depends.get(trunk, ())
             for dep in deps:
                 self._dependants.setdefault(dep, []).append(trunk)
             for dep in list(th.deps_down):
-                if dep not in deps:
-                    th.set_dependency(dep, False, now, "no longer a dependency")
+                if dep not in deps or dep not in self.links:
+                    tr = th.set_dependency(dep, False, now, "no longer a dependency")
+                    changed += [tr] if tr else []
             for dep in deps:
                 via = self.links.get(dep)
                 if via is not None and via.state in _DEP_DOWN:
-                    th.set_dependency(dep, True, now, via.reason)
+                    tr = th.set_dependency(dep, True, now, via.reason)
+                    changed += [tr] if tr else []
         self.groups = {}
         for spec in groups:
             gp = old_g.get(spec.name)
@@ -133,6 +136,7 @@ class Engine:
             for t in gp.spec.targets:
                 self._groups_of.setdefault(t, []).append(gp)
         self._view = _States(self.targets, self.links)
+        return self._after(changed, now, now, site=True)
 
     def states(self) -> dict[str, State]:
         return dict(self._view)
@@ -238,8 +242,10 @@ class Engine:
                 if dt is not None:
                     ts.append(dt)
         step = Step(ts, sensor_changes=sensor_changes or [])
-        if site_change is None and self.site.spec.rule is not None and (site or ts):
-            holding = evaluate(self.site.spec.rule, self.sensors, self._view, now)
+        rule = self.site.spec.rule
+        # Without a rule (removed by a reload) an evacuation still has to end.
+        if site_change is None and (site or ts) and (rule or self.site.evacuating):
+            holding = None if rule is None else evaluate(rule, self.sensors, self._view, now)
             site_change = self.site.evaluate(holding, now)
         if site_change is not None:
             step.site_changes.append(site_change)

@@ -57,6 +57,7 @@ class GroupPolicy:
     pinned: str | None = None
     ready: bool = False  # every target has a verdict: the active path may be enforced
     evacuated: bool = False  # the active choice was made among remote paths only
+    waiting: bool = True  # the last evaluation lacked a verdict: no timer is meaningful
     qualified_since: dict[str, float] = field(default_factory=dict)
 
     def _qualifies(self, path: PathSpec, states: Mapping[str, State]) -> bool:
@@ -90,7 +91,10 @@ class GroupPolicy:
 
         `evacuate` is the reason the site is evacuating, None when it is not."""
         cause = now if cause_at is None else cause_at
-        if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
+        self.waiting = any(
+            states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets
+        )
+        if self.waiting:
             return None
         self.ready = True
         ok = self._track(states, now, cause)
@@ -145,7 +149,12 @@ class GroupPolicy:
 
     def next_wakeup(self) -> float | None:
         """When evaluate() must run again for a pending auto failback, if any."""
-        if self.active is None or self.pinned is not None or self.spec.failback != "auto":
+        if (
+            self.waiting
+            or self.active is None
+            or self.pinned is not None
+            or self.spec.failback != "auto"
+        ):
             return None
         active_i = self._index(self.active)
         for p in self.spec.paths[:active_i]:

@@ -576,12 +576,6 @@ def test_timers_and_evacuation_invariants_under_any_inputs(
 # ---- known bugs (engine.py / policy.py: not ours to fix here) ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine._after evaluates the site only when a rule is configured: a reload that "
-    "removes the rule mid-evacuation leaves the site evacuating forever, and its pending "
-    "return wakeup stays in the past (the timer loop spins)",
-)
 def test_a_reload_without_a_rule_lets_the_site_return() -> None:
     eng = engine(hold=60)
     all_up(eng, 0)
@@ -597,12 +591,6 @@ def test_a_reload_without_a_rule_lets_the_site_return() -> None:
     assert moves(s) == [("out", "local", "return")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GroupPolicy.next_wakeup() reports a pending failback while evaluate() declines "
-    "to decide (a target still unknown, e.g. a path added by a reload that requires a "
-    "link not reported yet): tick(next_wakeup()) leaves next_wakeup() in the past",
-)
 def test_a_pending_failback_does_not_spin_while_a_new_target_is_unknown() -> None:
     eng = engine([LINKED], rule=None)
     all_up(eng, 0)
@@ -617,12 +605,6 @@ def test_a_pending_failback_does_not_spin_while_a_new_target_is_unknown() -> Non
     assert w is None or w > 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.reconfigure releases dropped dependencies only for trunks still listed "
-    "in `depends`: a trunk whose depends_on is removed while its link is down keeps "
-    "deps_down and stays down for good (no later link event reaches it)",
-)
 def test_a_reload_that_drops_a_dependency_frees_the_trunk() -> None:
     eng = engine([LINKED], rule=None, links=[LINK], depends={LOCAL: (LINK,)})
     eng.observe_link(LINK, True, "carrier", 0)
