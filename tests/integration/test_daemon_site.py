@@ -192,6 +192,11 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
             assert st["routes"]["pstn"]["evacuated"] is True
             assert st["sensors"]["room-b"]["state"] == "stale"
             assert st["sensors"]["chiller"]["state"] == "critical"
+            table = cli("status", "--socket", sock)
+            assert table.returncode == 0, table.stderr
+            assert "SITE EVACUATING (forced): forced by operator" in table.stdout
+            assert "room-b" in table.stdout and "stale" in table.stdout
+            assert "dr-site" in table.stdout and "(remote)" in table.stdout
             mark = agent.mark()
             res = cli("maintenance", "site", "off", "--socket", sock)
             assert res.returncode == 0, res.stderr
