@@ -75,18 +75,23 @@ async def run_program(
     async def read_out(stream: asyncio.StreamReader) -> None:
         nonlocal overflow
         while chunk := await stream.read(65536):
+            if overflow:
+                # Keep draining: proc.wait() returns only once every pipe is closed.
+                continue
             out.extend(chunk)
             if len(out) > max_output:
                 overflow = True  # stop it now rather than at the deadline
+                out.clear()
                 if proc.returncode is None:
                     _kill_group(proc.pid)
-                return
 
     readers = [asyncio.create_task(_read_tail(proc.stderr, tail))]
     if proc.stdout is not None:
         readers.append(asyncio.create_task(read_out(proc.stdout)))
     try:
         try:
+            # On Python 3.11 wait() also waits for the pipes to close, so a grandchild
+            # holding one runs into the timeout, and killpg takes it down too.
             async with asyncio.timeout(timeout):
                 code = await proc.wait()
         except TimeoutError:
