@@ -4,13 +4,17 @@ An input only: every poll ends in on_sample(name, value, at, "") or, when anythi
 goes wrong, on_sample(name, None, at, "one-line reason"); the core judges values.
 Sensors that read the same program (one `sensors -j` or ipmitool run serves them
 all) form one group, polled once per cycle at the smallest interval of its sensors.
+sysfs files are read in a thread: a broken sensor can block a read indefinitely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import threading
 import time
+from asyncio import Future
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +109,7 @@ class _Group:
     argv: tuple[str, ...] | None
     interval: float = field(init=False)
     timeout: float = field(init=False)
-    blocked: asyncio.Future[Sample] | None = None  # a sysfs read that never returned
+    blocked: Future[Sample] | None = None  # a sysfs read that never returned
 
     def __post_init__(self) -> None:
         self.interval = min(p.interval for p in self.plans)
@@ -186,11 +190,10 @@ class SensorWatcher:
 
     async def _read_file(self, g: _Group, p: SensorPlan) -> Sample:
         # Off the loop: a sysfs read can block on broken hardware. Such a thread cannot
-        # be cancelled, so while it hangs no second one is started for the same sensor.
+        # be stopped, so while it hangs no second one is started for the same sensor.
         if g.blocked is not None and not g.blocked.done():
             raise SensorReadError("the previous read is still blocked")
-        read = asyncio.ensure_future(asyncio.to_thread(_read_sysfs, p.source, p.kind))
-        read.add_done_callback(_consume)
+        read = _in_thread(_read_sysfs, p.source, p.kind)
         done, _ = await asyncio.wait({read}, timeout=g.timeout)
         if not done:
             g.blocked = read
@@ -213,10 +216,32 @@ class SensorWatcher:
         self.on_sample(p.name, value, at, error)
 
 
-def _consume(f: asyncio.Future[Sample]) -> None:
-    # A read abandoned after its timeout may still fail later: nobody awaits it then.
-    if not f.cancelled():
-        f.exception()
+def _in_thread(read: Callable[[Source, Kind], Sample], src: Source, kind: Kind) -> Future[Sample]:
+    """Run a blocking read in a daemon thread of its own, not asyncio's executor:
+    asyncio.run() waits for executor threads at exit, and a wedged read never ends."""
+    loop = asyncio.get_running_loop()
+    fut: Future[Sample] = loop.create_future()
+
+    def work() -> None:
+        try:
+            outcome: Sample | BaseException = read(src, kind)
+        except BaseException as e:  # handed to the loop, raised by fut.result()
+            outcome = e
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(_settle, fut, outcome)
+
+    threading.Thread(target=work, name="sensor-read", daemon=True).start()
+    return fut
+
+
+def _settle(fut: Future[Sample], outcome: Sample | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+        fut.exception()  # an abandoned (timed-out) read's failure is nobody's to log
+    else:
+        fut.set_result(outcome)
 
 
 def _from_output(src: ProgramSource, kind: Kind, text: str) -> Sample:
