@@ -446,7 +446,7 @@ class Daemon:
                 value, error = None, f"{topic}: {e}"
                 sh = self.engine.sensors.get(plan.name)
                 if sh is not None and sh.error != error:  # once per change, not per message
-                    self.log.warning("sensor reading failed", sensor=plan.name, error=error)
+                    self.log.warning("sensor read failed", sensor=plan.name, error=error)
             self._on_sample(plan.name, value, self.clock(), error)
 
         return handle

@@ -121,7 +121,7 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
                 await bms.publish("bms/dc1/room-a", b"hot!", qos=1)
                 err = await asyncio.to_thread(
                     wait,
-                    lambda e: e.get("event") == "sensor reading failed",
+                    lambda e: e.get("event") == "sensor read failed",
                     10,
                     "bad payload reported",
                     mark,
