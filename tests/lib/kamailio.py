@@ -1,4 +1,5 @@
-"""Kamailio as a carrier (or SBC) answering OPTIONS on UDP, TCP and TLS, plus a throwaway PKI.
+"""Kamailio as a carrier (or SBC) answering OPTIONS on UDP, TCP and TLS, plus a throwaway PKI;
+and Kamailio as the SBC of configs/kamailio/kamailio.cfg, whose dispatcher trunkguard steers.
 
 Kamailio runs in the foreground (-DD -E) so the PID we hold is the one we stop; its runtime
 files go under the test's tmp dir (-Y), so nothing needs /var/run.
@@ -6,11 +7,16 @@ files go under the test's tmp dir (-Y), so nothing needs /var/run.
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.lib import procs
 
@@ -185,3 +191,196 @@ def kamailio(tmp: Path, *, ip: str = "127.0.0.1", udp_port: int | None = None,
 
         procs.wait_for(ready, 15, f"kamailio listening on {ports}")
         yield k
+
+
+# -- the example SBC (configs/kamailio) ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SBC_CONFIG = REPO / "configs" / "kamailio" / "kamailio.cfg"
+SBC_LIST = REPO / "configs" / "kamailio" / "dispatcher.list"
+
+
+def _define(name: str, value: str | int) -> list[str]:
+    # Strings (paths, CIDRs) must reach the preprocessor quoted; numbers and IPs must not.
+    text = f'"{value}"' if isinstance(value, str) and not _bare(value) else str(value)
+    return ["-A", f"{name}={text}"]
+
+
+def _bare(value: str) -> bool:
+    return value.isdigit() or _is_ip(value.strip("[]"))
+
+
+@dataclass
+class Sbc:
+    """Kamailio running configs/kamailio/kamailio.cfg. stop() and start() keep the ports,
+    paths and list file, so a restart resets every dispatcher state to the file's flags.
+
+    RPC: `http_url` (reachable where SIP_IP/RPC_IP are, i.e. inside `netns` when given)
+    and `unix_url` (the jsonrpcs datagram socket: a file, reachable from any namespace).
+    """
+
+    tmp: Path
+    ds_list: Path
+    sip_ip: str
+    sip_port: int
+    rpc_ip: str
+    rpc_port: int
+    netns: str | None = None
+    defines: dict[str, str | int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.tmp / f"sbc_{self.sip_port}_run"
+
+    @property
+    def rpc_sock(self) -> Path:
+        return self.run_dir / "rpc.sock"
+
+    @property
+    def ctl_sock(self) -> Path:
+        return self.run_dir / "ctl.sock"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.rpc_ip}:{self.rpc_port}/RPC"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix:{self.rpc_sock}"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / f"sbc_{self.sip_port}.log"
+
+    def argv(self) -> list[str]:
+        defines: dict[str, str | int] = {
+            "SIP_IP": self.sip_ip, "SIP_PORT": self.sip_port,
+            "RPC_IP": self.rpc_ip, "RPC_PORT": self.rpc_port,
+            "RPC_SOCK": str(self.rpc_sock), "CTL_SOCK": f"unix:{self.ctl_sock}",
+            "DS_LIST": str(self.ds_list), "MPATH": str(modules_dir()), "CHILDREN": 2,
+            **self.defines,
+        }
+        argv = ["kamailio", "-DD", "-E", "-f", str(SBC_CONFIG), "-Y", str(self.run_dir),
+                "-w", str(self.run_dir), "-m", "32", "-M", "4"]
+        for name, value in defines.items():
+            argv += _define(name, value)
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("kamailio is already running")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            out.write(f"--- start {self.starts}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"kamailio exited with {proc.returncode}:\n{tail}")
+            return (self.rpc_sock.exists() and self.ctl_sock.exists()
+                    and procs.udp_bound(self.sip_port, self.netns)
+                    and procs.tcp_listening(self.rpc_port, self.netns))
+
+        procs.wait_for(ready, 15, f"kamailio SBC on {self.sip_ip}:{self.sip_port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def rpc(self, method: str, *params: Any, timeout: float = 5.0) -> Any:
+        """A raw JSON-RPC call over the datagram socket, independent of agent.act.kamailio.
+
+        Returns the result; a JSON-RPC error raises RuntimeError with its message."""
+        reply = self.run_dir / f"t{secrets.token_hex(3)}"
+        req = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": "t"}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(str(reply))
+            try:
+                s.settimeout(timeout)
+                s.sendto(json.dumps(req).encode(), str(self.rpc_sock))
+                doc = json.loads(s.recv(1 << 20))
+            finally:
+                os.unlink(reply)
+        if "error" in doc:
+            raise RuntimeError(f"{method}: {doc['error'].get('message')}")
+        return doc["result"]
+
+    def states(self) -> dict[int, dict[str, str]]:
+        """dispatcher.list as {setid: {uri: flags}}, e.g. {1: {"sip:...": "AP"}}."""
+        try:
+            result = self.rpc("dispatcher.list")
+        except RuntimeError as e:
+            if "No Destination Sets" in str(e):
+                return {}
+            raise
+        out: dict[int, dict[str, str]] = {}
+        for rec in result["RECORDS"]:
+            s = rec["SET"]
+            out[s["ID"]] = {t["DEST"]["URI"]: t["DEST"]["FLAGS"] for t in s["TARGETS"]}
+        return out
+
+    def kamcmd(self, *args: str) -> str:
+        """kamcmd over the ctl socket, as an operator would change things by hand."""
+        res = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl_sock}", *args],
+                             capture_output=True, text=True, timeout=10, check=False)
+        if res.returncode:
+            raise RuntimeError(f"kamcmd {' '.join(args)}: {(res.stderr or res.stdout).strip()}")
+        return res.stdout
+
+
+def free_udp_tcp_port(ip: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (SIP listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((ip, 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((ip, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
+def write_ds_list(path: Path, rows: Sequence[tuple[int, str, int, int, str]]) -> Path:
+    """A dispatcher.list: rows of (setid, uri, flags, priority, attrs)."""
+    lines = ["# setid uri flags priority attrs"]
+    lines += [f"{setid} {uri} {flags} {prio} {attrs}".rstrip()
+              for setid, uri, flags, prio, attrs in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def sbc(tmp: Path, ds_list: Path = SBC_LIST, *, sip_ip: str = "127.0.0.1",
+        sip_port: int | None = None, rpc_ip: str | None = None, rpc_port: int | None = None,
+        netns: str | None = None, **defines: str | int) -> Iterator[Sbc]:
+    """Start Kamailio with configs/kamailio/kamailio.cfg; extra defines as keywords,
+    e.g. DS_PING_INTERVAL=1, DS_PROBING_MODE=1, TRUSTED_NET="10.0.0.0/8".
+
+    Ports default to free ones (pick them yourself inside a namespace)."""
+    k = Sbc(tmp=tmp, ds_list=ds_list, sip_ip=sip_ip,
+            sip_port=sip_port or free_udp_tcp_port(sip_ip),
+            rpc_ip=rpc_ip or sip_ip, rpc_port=rpc_port or procs.free_port(socket.SOCK_STREAM),
+            netns=netns, defines=dict(defines))
+    try:
+        k.start()
+        yield k
+    finally:
+        with suppress(Exception):
+            k.stop()
