@@ -224,9 +224,28 @@ class CommandAction(Strict):
         return v
 
 
+class DispatcherAction(Strict):
+    """Kamailio dispatcher: these destinations of `setid` active, the group's others off."""
+
+    setid: int = Field(ge=0)
+    active: list[str] = Field(min_length=1)
+
+    @field_validator("active")
+    @classmethod
+    def _uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            if not uri.startswith(("sip:", "sips:")) or any(c.isspace() for c in uri):
+                raise ValueError(f"destination must be a sip: URI as in dispatcher.list: {uri!r}")
+        return v
+
+
 class Actions(Strict):
     netlink: list[NetlinkRoute] = []
     command: CommandAction | None = None
+    kamailio: DispatcherAction | None = None
+
+
+VarValue = str | int | float | bool
 
 
 class PathConfig(Strict):
@@ -234,6 +253,7 @@ class PathConfig(Strict):
     requires: list[str] = []
     remote: bool = False
     actions: Actions = Field(default_factory=Actions)
+    vars: dict[str, VarValue] = {}  # for templates: routes.<group>.vars.<key>
 
 
 class RouteGroupConfig(Strict):
@@ -466,10 +486,48 @@ class EvacuationConfig(Strict):
         return SiteSpec(None if self.when is None else self.when.rule(), self.hold, self.return_)
 
 
+class KamailioSettings(Strict):
+    rpc: str  # http://127.0.0.1:5071/RPC or unix:/run/kamailio/kamailio_rpc.sock
+    timeout: Duration = 2.0
+    off_state: Literal["disabled", "inactive"] = "disabled"
+
+    @field_validator("rpc")
+    @classmethod
+    def _rpc(cls, v: str) -> str:
+        from agent.act.kamailio import parse_rpc
+
+        parse_rpc(v)
+        return v
+
+
+def _mode(v: object) -> int:
+    if isinstance(v, str) and re.fullmatch(r"0?[0-7]{3}", v):
+        return int(v, 8)
+    raise ValueError(f'mode must be octal in quotes, e.g. "0644" (got {v!r})')
+
+
+class TemplateConfig(Strict):
+    name: Name
+    template: str
+    output: str
+    reload: list[str] | None = Field(None, min_length=1)
+    timeout: Duration = 10.0
+    mode: Annotated[int, BeforeValidator(_mode)] = 0o644
+
+    @field_validator("reload")
+    @classmethod
+    def _absolute(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v[0].startswith("/"):
+            raise ValueError(f"program must be an absolute path, got {v[0]!r} (no PATH lookup)")
+        return v
+
+
 class ActuatorSettings(Strict):
     drift_interval: Duration = 10.0
     backoff_initial: Duration = 0.1
     backoff_max: Duration = 10.0
+    kamailio: KamailioSettings | None = None
+    templates: list[TemplateConfig] = []
 
 
 class MqttTls(Strict):
@@ -730,6 +788,38 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
                     loc = ("routes", gname, "paths", i, "actions", "netlink")
                     msg = f"must route the same prefixes (dst/table/metric) as paths[{first}]"
                     problems.append(lines.problem(loc, msg))
+    ds_owner: dict[tuple[int, str], str] = {}
+    for gname, g in cfg.routes.items():
+        for i, p in enumerate(g.paths):
+            ka = p.actions.kamailio
+            if ka is None:
+                continue
+            for uri in ka.active:
+                # Two groups steering one destination would undo each other for ever.
+                other = ds_owner.setdefault((ka.setid, uri), gname)
+                if other != gname:
+                    loc = ("routes", gname, "paths", i, "actions", "kamailio")
+                    msg = f"destination {uri} (set {ka.setid}) is also steered by group {other}"
+                    problems.append(lines.problem(loc, msg))
+    uses_kamailio = any(p.actions.kamailio for g in cfg.routes.values() for p in g.paths)
+    if uses_kamailio and cfg.actuators.kamailio is None:
+        msg = "paths use kamailio actions: set actuators.kamailio.rpc"
+        problems.append(lines.problem(("actuators",), msg))
+    names: set[str] = set()
+    for i, tc in enumerate(cfg.actuators.templates):
+        loc = ("actuators", "templates", i)
+        if tc.name in names:
+            problems.append(lines.problem((*loc, "name"), f"duplicate template name {tc.name!r}"))
+        names.add(tc.name)
+        from agent.act.template import check_template
+
+        if not Path(tc.template).is_file():
+            problems.append(lines.problem((*loc, "template"), f"cannot read {tc.template}"))
+        elif (err := check_template(tc.template)) is not None:
+            problems.append(lines.problem((*loc, "template"), err))
+        if not Path(tc.output).parent.is_dir():
+            msg = f"directory {Path(tc.output).parent} does not exist"
+            problems.append(lines.problem((*loc, "output"), msg))
     tls_places: list[tuple[Loc, TlsConfig]] = [
         (("trunks", n, "tls"), t.tls) for n, t in cfg.trunks.items() if t.tls
     ]

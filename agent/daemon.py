@@ -25,7 +25,9 @@ from agent import __version__, persist
 from agent.act.base import Actuator
 from agent.act.command import CommandActuator, CommandSpec
 from agent.act.converge import ApplyReport, Converger
+from agent.act.kamailio import DispatcherChoice, KamailioActuator
 from agent.act.netlink import NetlinkActuator, RouteSpec
+from agent.act.template import TemplateActuator, TemplateSpec
 from agent.bus.mqtt import MqttPublisher, MqttSettings
 from agent.config import Config, ConfigError, load_config
 from agent.control import ControlError, ControlServer
@@ -84,6 +86,7 @@ class _Pending:
 def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
     routes: dict[tuple[str, str], list[RouteSpec]] = {}
     commands: dict[tuple[str, str], CommandSpec] = {}
+    choices: dict[tuple[str, str], DispatcherChoice] = {}
     for gname, g in cfg.routes.items():
         for p in g.paths:
             if p.actions.netlink:
@@ -95,12 +98,46 @@ def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
                 commands[(gname, p.name)] = CommandSpec(
                     tuple(c.argv), tuple(c.verify) if c.verify else None, c.timeout
                 )
+            if p.actions.kamailio:
+                k = p.actions.kamailio
+                choices[(gname, p.name)] = DispatcherChoice(k.setid, tuple(k.active))
     acts: list[Actuator] = []
     if routes:
         acts.append(NetlinkActuator("netlink", routes))
     if commands:
         acts.append(CommandActuator("command", commands, env=env))
+    ks = cfg.actuators.kamailio
+    if choices and ks is not None:
+        acts.append(
+            KamailioActuator(
+                "kamailio", ks.rpc, choices, timeout=ks.timeout, off_state=ks.off_state
+            )
+        )
+    for t in cfg.actuators.templates:
+        spec = TemplateSpec(
+            t.template, t.output, tuple(t.reload) if t.reload else None, t.timeout, t.mode
+        )
+        acts.append(TemplateActuator(f"template:{t.name}", spec, template_context(cfg), env=env))
     return acts
+
+
+def template_context(cfg: Config) -> Callable[[Mapping[str, str]], Mapping[str, Any]]:
+    """What a template sees: each decided group's active path, its vars and remoteness."""
+    paths = {(g, p.name): p for g, gc in cfg.routes.items() for p in gc.paths}
+
+    def context(desired: Mapping[str, str]) -> Mapping[str, Any]:
+        routes = {
+            g: {
+                "path": name,
+                "vars": dict(paths[(g, name)].vars),
+                "remote": paths[(g, name)].remote,
+            }
+            for g, name in desired.items()
+            if (g, name) in paths
+        }
+        return {"routes": routes, "site": cfg.site, "node": cfg.node}
+
+    return context
 
 
 class Daemon:

@@ -1,0 +1,96 @@
+"""Config for the Kamailio dispatcher and template actuators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, parse_config
+from agent.daemon import build_actuators, template_context
+
+
+def text(tmp: Path, template: str = "{{ routes.pstn.vars.host }}\n") -> str:
+    (tmp / "t.j2").write_text(template)
+    return f"""\
+site: dc1
+node: sbc1
+trunks:
+  a: {{uri: "sip:192.0.2.1"}}
+  b: {{uri: "sip:198.51.100.1"}}
+actuators:
+  kamailio: {{rpc: "unix:/run/kamailio/kamailio_rpc.sock", timeout: 1s}}
+  templates:
+    - {{name: pbx, template: {tmp}/t.j2, output: {tmp}/out.conf, reload: [/bin/true], mode: "0640"}}
+routes:
+  pstn:
+    paths:
+      - name: a
+        requires: [trunk:a]
+        vars: {{host: 192.0.2.1}}
+        actions: {{kamailio: {{setid: 1, active: ["sip:192.0.2.1:5060"]}}}}
+      - name: b
+        requires: [trunk:b]
+        vars: {{host: 198.51.100.1}}
+        actions: {{kamailio: {{setid: 1, active: ["sip:198.51.100.1:5060"]}}}}
+"""
+
+
+def problems(t: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(t)
+    return e.value.problems
+
+
+def test_actuators_are_built_with_their_settings(tmp_path: Path) -> None:
+    cfg = parse_config(text(tmp_path))
+    acts = build_actuators(cfg, {})
+    assert [a.name for a in acts] == ["kamailio", "template:pbx"]
+    assert cfg.actuators.templates[0].mode == 0o640
+    ctx = template_context(cfg)({"pstn": "b"})
+    assert ctx["routes"] == {
+        "pstn": {"path": "b", "vars": {"host": "198.51.100.1"}, "remote": False}
+    }
+    assert ctx["site"] == "dc1"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ('rpc: "unix:', 'rpc: "ftp:', "actuators.kamailio.rpc"),
+        ('active: ["sip:198.51.100.1:5060"]', 'active: ["sip:192.0.2.1:5060 x"]', "sip: URI"),
+        ('mode: "0640"', "mode: 640", "mode must be octal"),
+        ("reload: [/bin/true]", "reload: [bin/true]", "absolute path"),
+        ("output: ", "output: /nonexistent-dir/", "does not exist"),
+    ],
+)
+def test_bad_actuator_config(tmp_path: Path, old: str, new: str, want: str) -> None:
+    t = text(tmp_path)
+    assert old in t
+    found = problems(t.replace(old, new, 1))
+    assert any(want in p for p in found), found
+
+
+def test_kamailio_actions_need_the_rpc_setting(tmp_path: Path) -> None:
+    t = text(tmp_path).replace(
+        '  kamailio: {rpc: "unix:/run/kamailio/kamailio_rpc.sock", timeout: 1s}\n', ""
+    )
+    assert any("set actuators.kamailio.rpc" in p for p in problems(t))
+
+
+def test_template_syntax_error_is_reported_with_its_line(tmp_path: Path) -> None:
+    found = problems(text(tmp_path, "ok\n{% if %}\n"))
+    assert any("actuators.templates[0].template" in p and ":2:" in p for p in found), found
+
+
+def test_one_destination_in_two_groups_is_refused(tmp_path: Path) -> None:
+    t = (
+        text(tmp_path)
+        + """\
+  other:
+    paths:
+      - name: x
+        actions: {kamailio: {setid: 1, active: ["sip:192.0.2.1:5060"]}}
+"""
+    )
+    assert any("also steered by group pstn" in p for p in problems(t))
