@@ -83,8 +83,10 @@ Content-Length: 0
 </scenario>
 """
 
-# The caller: every final answer is logged with sipp's millisecond clock; an error
-# answer or a timeout is a failed call, a BYE that gets no answer is a torn call.
+# The caller: every outcome is logged with sipp's millisecond clock. An error answer,
+# or no answer within answer_ms (the caller's patience: a carrier answers in
+# milliseconds), is a failed call; a BYE that gets no answer is a torn call (sipp may
+# also abort it after its retransmissions, leaving only ANSWERED in the log).
 CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="caller">
   <send retrans="500">
@@ -118,7 +120,7 @@ a=rtpmap:0 PCMU/8000
   <recv response="502" optional="true" next="failed"/>
   <recv response="503" optional="true" next="failed"/>
   <recv response="504" optional="true" next="failed"/>
-  <recv response="200" rrs="true" timeout="8000" ontimeout="timedout"/>
+  <recv response="200" rrs="true" timeout="{answer_ms}" ontimeout="timedout"/>
   <send>
     <![CDATA[
 ACK [next_url] SIP/2.0
@@ -247,11 +249,12 @@ def caller(
     rate: float,
     duration_ms: int,
     calls: int,
+    answer_ms: int = 2000,
     netns: str | None = None,
 ) -> Iterator[Caller]:
     """sipp placing `calls` calls at `rate` per second, each `duration_ms` long, to target."""
     scen = tmp / "caller.xml"
-    scen.write_text(CALLER)
+    scen.write_text(CALLER.replace("{answer_ms}", str(answer_ms)))
     log = tmp / "caller_logs.log"
     argv = [
         "sipp",
