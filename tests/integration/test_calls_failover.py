@@ -40,7 +40,7 @@ def test_calls_survive_a_carrier_failure_through_kamailio(tmp_path: Path) -> Non
         agent = Agent(lab.agent_config(), netns=lab.sbc_ns.name)
         try:
             agent.wait_for(agent.applied("carrier-a"), 15, "initial dispatcher state")
-            assert state(lab) == {URI_A: "A", URI_B: "D"}
+            assert state(lab) == {URI_A: "A", URI_B: "A"}  # A first, B behind it
 
             total = RATE * 18
             started = time.time()
@@ -78,28 +78,28 @@ def test_calls_survive_a_carrier_failure_through_kamailio(tmp_path: Path) -> Non
             assert agent.stop() == 0
 
     sent = {n: started + (n - 1) / RATE for n in range(1, total + 1)}  # sipp paces calls
-    by = {
-        w: [o for o in outcomes if o.what == w] for w in ("ANSWERED", "COMPLETED", "FAILED", "TORN")
-    }
-    failed_at = sorted(sent[o.call] for o in by["FAILED"])
-    window = (failed_at[-1] - failed_at[0]) if failed_at else 0.0
+    by = {w: [o for o in outcomes if o.what == w] for w in ("ANSWERED", "COMPLETED", "TORN")}
+    bad = calls.degraded(outcomes, RATE)  # failed, or answered seconds late via a retry
+    bad_at = sorted(sent[n] for n in bad)
+    window = (bad_at[-1] - bad_at[0]) if bad_at else 0.0
+    late = sum(v == "late" for v in bad.values())
     print(
-        f"\n{total} calls: {len(by['COMPLETED'])} completed, {len(by['FAILED'])} failed "
-        f"(window {window * 1000:.0f} ms), {len(by['ANSWERED']) - len(by['COMPLETED'])} cut "
-        f"on A by the outage; silence -> reroute "
-        f"{(rerouted - silenced) * 1000:.0f} ms; failback {failback - silenced:.1f} s after"
+        f"\n{total} calls: {len(by['COMPLETED'])} completed, {len(bad) - late} failed and "
+        f"{late} answered late (window {window * 1000:.0f} ms), "
+        f"{len(by['ANSWERED']) - len(by['COMPLETED'])} cut on A by the outage; "
+        f"silence -> reroute {(rerouted - silenced) * 1000:.0f} ms; "
+        f"failback {failback - silenced:.1f} s after"
     )
     slack = 0.25  # caller start vs. our clock, and sipp's pacing
-    # Only calls placed between the silence and the reroute may fail...
-    assert all(silenced - slack <= t <= rerouted + slack for t in failed_at), failed_at
-    # ...so every call placed after the reroute connected and completed, failback included.
+    # Only calls placed between the silence and the reroute may fail or be late...
+    assert all(silenced - slack <= t <= rerouted + slack for t in bad_at), bad_at
+    # ...so every call placed after the reroute connected at once and completed,
+    # through failback too.
     done = {o.call for o in by["COMPLETED"]}
     after = [n for n, t in sent.items() if t > rerouted + slack]
-    assert after and all(n in done for n in after), [n for n in after if n not in done]
+    assert after and all(n in done and n not in bad for n in after)
     # Calls whose BYE went unanswered (torn, or aborted by sipp after its retransmissions)
     # can only be calls carrier A carried when it went silent.
-    ended = done | {o.call for o in by["TORN"]}
     cut = [o.call for o in by["ANSWERED"] if o.call not in done]
     assert all(sent[n] < silenced + slack for n in cut), cut
-    assert ended <= {o.call for o in by["ANSWERED"]}
     assert window <= rerouted - silenced + 2 * slack

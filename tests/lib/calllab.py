@@ -45,7 +45,9 @@ routes:
     paths:
       - name: carrier-a
         requires: [trunk:carrier-a]
-        actions: {{kamailio: {{setid: 1, active: ["{URI_A}"]}}}}
+        # B stays active behind A (lower priority): Kamailio's per-call failover
+        # still saves calls placed before the agent has decided.
+        actions: {{kamailio: {{setid: 1, active: ["{URI_A}", "{URI_B}"]}}}}
       - name: carrier-b
         requires: [trunk:carrier-b]
         actions: {{kamailio: {{setid: 1, active: ["{URI_B}"]}}}}
@@ -63,7 +65,7 @@ def call_lab(tmp: Path, **kamailio_defines: str | int) -> Iterator[CallLab]:
         # Kamailio sends from SBC_IP on both links: carrier B needs the way back.
         cb.ip("route", "add", f"{SBC_IP}/32", "via", SBC_B)
         for ip, n in ((GW_A, ca), (GW_B, cb)):
-            (tmp / ip).mkdir()
+            (tmp / ip).mkdir(parents=True)
             stack.enter_context(calls.carrier(tmp / ip, ip, 5060, netns=n.name))
         # Flags 8 (P): Kamailio's own probing, when a run turns it on, covers both.
         ds = write_ds_list(tmp / "dispatcher.list", [(1, URI_A, 8, 10, ""), (1, URI_B, 8, 5, "")])

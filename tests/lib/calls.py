@@ -240,6 +240,20 @@ class Caller:
         return out
 
 
+def degraded(outcomes: list[Outcome], rate: float, patience_ms: int = 2000) -> dict[int, str]:
+    """Calls that went wrong for the caller: "failed" (an error answer or none) or "late"
+    (answered more than patience_ms after it was placed: a carrier answers in
+    milliseconds, so seconds mean a timeout and a retry somewhere on the way). Placing
+    times come from sipp's pacing: call n at (n - 1) / rate on sipp's clock."""
+    out: dict[int, str] = {}
+    for o in outcomes:
+        if o.what == "FAILED":
+            out[o.call] = "failed"
+        elif o.what == "ANSWERED" and o.tick_ms - (o.call - 1) * 1000 / rate > patience_ms:
+            out[o.call] = "late"
+    return out
+
+
 @contextmanager
 def caller(
     tmp: Path,
