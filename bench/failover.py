@@ -14,9 +14,6 @@ Prints a table and writes bench/results/failover.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -29,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.core.health import HealthParams, detection_bound  # noqa: E402
+from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
 from tests.lib.topology import GW_A, GW_B, PREFIX, two_carriers  # noqa: E402
 
@@ -74,10 +72,6 @@ class RouteWatch:
         self.proc.wait(5)
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    k = max(0, min(len(xs) - 1, round(p / 100 * (len(xs) - 1))))
-    return xs[k]
 
 
 def main() -> int:
@@ -168,17 +162,10 @@ def main() -> int:
         **rows,
         "targets_met": ok,
         "samples_silence_to_route_s": silence_to_route,
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-        },
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    res = ROOT / "bench/results/failover.json"
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {res.relative_to(ROOT)}")
+    write_result("failover", out)
     return 0 if ok else 1
 
 

@@ -19,9 +19,6 @@ Prints a table and writes bench/results/link_failover.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
 from tests.lib.topology import GW_A, GW_B, PREFIX, Lab, two_carriers  # noqa: E402
 
@@ -156,9 +154,6 @@ def run_trials(lab: Lab, links: bool, trials: int, announce: list[float]) -> lis
     return out
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[max(0, min(len(xs) - 1, round(p / 100 * (len(xs) - 1))))]
 
 
 def summary(xs: list[float]) -> dict[str, float]:
@@ -208,17 +203,10 @@ def main() -> int:
         "targets_met": ok,
         "samples_link_watcher_s": link,
         "samples_probes_only_s": probes,
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-        },
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    res = ROOT / "bench/results/link_failover.json"
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {res.relative_to(ROOT)}")
+    write_result("link_failover", out)
     return 0 if ok else 1
 
 

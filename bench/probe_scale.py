@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import os
 import platform
 import re
@@ -42,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import pct, write_result  # noqa: E402
 from tests.lib.kamailio import kamailio  # noqa: E402
 from tests.lib.procs import free_port, tcp_listening, wait_for  # noqa: E402
 
@@ -210,9 +210,6 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
     return prev_le
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[max(0, min(len(xs) - 1, round(p / 100 * (len(xs) - 1))))]
 
 
 # ---- the agent --------------------------------------------------------------------------
@@ -587,10 +584,7 @@ def main() -> int:
         },
         "date": time.strftime("%Y-%m-%d"),
     }
-    res = ROOT / "bench/results/probe_scale.json"
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {res.relative_to(ROOT)}")
+    write_result("probe_scale", out)
     return 0 if ok else 1
 
 
