@@ -259,7 +259,20 @@ class PathConfig(Strict):
 class RouteGroupConfig(Strict):
     failback: Literal["auto", "manual"] = "auto"
     hold: Duration = 30.0
+    # multipath: every qualifying path at once (kernel routes only, weighted nexthops)
+    mode: Literal["failover", "multipath"] = "failover"
     paths: list[PathConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _multipath_routes_only(self) -> RouteGroupConfig:
+        if self.mode == "multipath":
+            for p in self.paths:
+                if p.actions.command is not None or p.actions.kamailio is not None:
+                    raise ValueError(
+                        f"path {p.name}: a multipath group steers kernel routes only "
+                        "(netlink actions), not command or kamailio"
+                    )
+        return self
 
 
 def _check_ifname(v: str) -> str:
@@ -650,6 +663,7 @@ class Config(Strict):
                 tuple(PathSpec(p.name, tuple(p.requires), p.remote) for p in g.paths),
                 g.failback,
                 g.hold,
+                g.mode,
             )
             for name, g in self.routes.items()
         ]

@@ -126,15 +126,16 @@ def template_context(cfg: Config) -> Callable[[Mapping[str, str]], Mapping[str, 
     paths = {(g, p.name): p for g, gc in cfg.routes.items() for p in gc.paths}
 
     def context(desired: Mapping[str, str]) -> Mapping[str, Any]:
-        routes = {
-            g: {
-                "path": name,
-                "vars": dict(paths[(g, name)].vars),
-                "remote": paths[(g, name)].remote,
-            }
-            for g, name in desired.items()
-            if (g, name) in paths
-        }
+        routes = {}
+        for g, active in desired.items():
+            chosen = [paths[(g, n)] for n in active.split("+") if (g, n) in paths]
+            if chosen:  # a multipath group: the first (most preferred) path's vars
+                routes[g] = {
+                    "path": active,
+                    "paths": [p.name for p in chosen],
+                    "vars": dict(chosen[0].vars),
+                    "remote": chosen[0].remote,
+                }
         return {"routes": routes, "site": cfg.site, "node": cfg.node}
 
     return context
@@ -191,7 +192,8 @@ class Daemon:
         self.engine.site.restore(saved.evacuating, saved.evacuation_forced, now)
         for gname, path in saved.active.items():
             g = self.engine.groups.get(gname)
-            if g and any(p.name == path for p in g.spec.paths):
+            names = {p.name for p in g.spec.paths} if g else set()
+            if g and set(path.split("+")) <= names:
                 g.active = path  # enforced only once every target has a verdict
         for gname, path in saved.pinned.items():
             g = self.engine.groups.get(gname)
@@ -817,6 +819,8 @@ class Daemon:
         states = self.engine.states()
         return {
             "active": g.active,
+            "active_paths": g.members(),
+            "mode": g.spec.mode,
             "pinned": g.pinned,
             "evacuated": g.evacuated,
             "alarm": g.alarm,

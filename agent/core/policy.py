@@ -17,6 +17,11 @@ Rules:
   and the group is in alarm.
 - An operator may pin a path (`failover GROUP PATH`); the pin holds while that
   path qualifies and is dropped, with a reason, when it stops qualifying.
+- In `multipath` mode every qualifying path is active at once (the desired value
+  joins their names with "+", in preference order) so traffic is spread across the
+  healthy carriers: a path leaves at once when it stops qualifying and joins after
+  `hold` (auto) or on the operator's failback (manual). If none of the active ones is
+  left, whatever qualifies takes over at once.
 - While the site is evacuating, only paths marked `remote` count (groups without
   any remote path are left alone). When the evacuation ends the group returns to
   its best path at once: the site's own hold already proved the site is fit.
@@ -43,6 +48,7 @@ class GroupSpec:
     paths: tuple[PathSpec, ...]
     failback: str = "auto"  # "auto" | "manual"
     hold: float = 30.0
+    mode: str = "failover"  # "failover" | "multipath"
 
     @property
     def targets(self) -> frozenset[str]:
@@ -117,6 +123,10 @@ class GroupPolicy:
             reason = f"pinned path {dropped} stopped qualifying"
             return self._switch(best, now, cause, "failover", reason)
 
+        if self.spec.mode == "multipath":
+            if returning:
+                return self._switch("+".join(names), now, cause, "return", "site evacuation over")
+            return self._multipath(names, now, cause, evacuate if evac else None)
         if self.active is None:
             return self._switch(best, now, cause, "initial", "first verdicts in")
         if evac and self.active not in names:
@@ -133,6 +143,41 @@ class GroupPolicy:
                 reason = f"{best} stable for {self.spec.hold:g}s"
                 return self._switch(best, now, due, "failback", reason)
         return None
+
+    def _multipath(
+        self, names: list[str], now: float, cause: float, evacuate: str | None
+    ) -> Decision | None:
+        current = set(self.members())
+        keep = [n for n in names if n in current]
+        if not keep:
+            kind = "initial" if self.active is None else "failover"
+            why = "first verdicts in" if self.active is None else "no active path left"
+            if evacuate is not None and self.active is not None:
+                kind, why = "evacuate", f"site evacuating: {evacuate}"
+            return self._switch("+".join(names), now, cause, kind, why)
+        joining = [
+            n
+            for n in names
+            if n not in current
+            and self.spec.failback == "auto"
+            and (due := self._failback_due(n)) is not None
+            and now >= due
+        ]
+        new = [n for n in names if n in keep or n in joining]
+        if joining:
+            why = f"{', '.join(joining)} stable for {self.spec.hold:g}s"
+            return self._switch("+".join(new), now, now, "failback", why)
+        if len(new) < len(current):
+            if evacuate is not None:
+                why = f"site evacuating: {evacuate}"
+                return self._switch("+".join(new), now, cause, "evacuate", why)
+            gone = ", ".join(sorted(current - set(new)))
+            return self._switch("+".join(new), now, cause, "failover", f"{gone} lost")
+        return None
+
+    def members(self) -> list[str]:
+        """The active paths: one, or several in multipath mode."""
+        return [] if self.active is None else self.active.split("+")
 
     def _why(self, states: Mapping[str, State]) -> str:
         path = self.spec.paths[self._index(self.active)]
@@ -156,6 +201,16 @@ class GroupPolicy:
             or self.spec.failback != "auto"
         ):
             return None
+        if self.spec.mode == "multipath":
+            members = set(self.members())
+            dues = [
+                due
+                for p in self.spec.paths
+                if p.name not in members
+                and (p.remote or not self.evacuated)
+                and (due := self._failback_due(p.name)) is not None
+            ]
+            return min(dues, default=None)
         active_i = self._index(self.active)
         for p in self.spec.paths[:active_i]:
             if p.name in self.qualified_since and (p.remote or not self.evacuated):
@@ -186,9 +241,10 @@ class GroupPolicy:
         if self.evacuated:
             ok = [p for p in ok if p.remote]
         self.alarm = not ok
-        if not ok or ok[0].name == self.active:
+        if not ok:
             return None
-        return self._switch(ok[0].name, now, now, "manual", "failback by operator")
+        best = "+".join(p.name for p in ok) if self.spec.mode == "multipath" else ok[0].name
+        return self._switch(best, now, now, "manual", "failback by operator")
 
     def _switch(
         self, new: str, now: float, cause: float, kind: str, reason: str

@@ -211,13 +211,15 @@ class Metrics:
         self._group_paths: dict[str, set[str]] = {}
 
     def set_active_path(self, group: str, paths: Sequence[str], active: str | None) -> None:
-        """Publish the routing decision for a group; active=None raises the no-path alarm."""
-        names = [*paths, active] if active is not None and active not in paths else list(paths)
+        """Publish the routing decision for a group; active=None raises the no-path alarm.
+        A multipath group's active value joins its active paths with "+"."""
+        actives = set(active.split("+")) if active is not None else set()
+        names = list(paths) + sorted(actives - set(paths))
         for path in self._group_paths.get(group, set()) - set(names):
             self.route_active_path.remove(group, path)  # path removed by a config reload
         self._group_paths[group] = set(names)
         for path in names:
-            self.route_active_path.labels(group, path).set(1 if path == active else 0)
+            self.route_active_path.labels(group, path).set(1 if path in actives else 0)
         self.route_no_path.labels(group).set(1 if active is None else 0)
         # Export the counters at 0 from the start: increase() misses a series' first sample.
         self.failovers_total.labels(group)

@@ -49,7 +49,7 @@ def test_actuators_are_built_with_their_settings(tmp_path: Path) -> None:
     assert cfg.actuators.templates[0].mode == 0o640
     ctx = template_context(cfg)({"pstn": "b"})
     assert ctx["routes"] == {
-        "pstn": {"path": "b", "vars": {"host": "198.51.100.1"}, "remote": False}
+        "pstn": {"path": "b", "paths": ["b"], "vars": {"host": "198.51.100.1"}, "remote": False}
     }
     assert ctx["site"] == "dc1"
 
