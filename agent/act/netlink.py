@@ -3,15 +3,20 @@
 Routes are installed with an atomic RTM_NEWROUTE replace (NLM_F_CREATE |
 NLM_F_REPLACE), never delete-then-add, so no packet ever meets a missing route.
 A route is identified the way the kernel does it: (prefix, table, metric).
+
+A group's desired value may join several path names with "+" in preference order
+("a+b"): the routes of the listed paths that share a key become one weighted
+multipath route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,23 +34,27 @@ MAIN_TABLE = 254
 RTN_UNICAST = 1
 RT_SCOPE_LINK = 253
 IP6_RT_PRIO_USER = 1024  # the kernel's metric for an IPv6 route given 0/none
+MAX_WEIGHT = 256  # rtnh_hops is a byte holding weight - 1
+U32_MAX = 2**32 - 1
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RouteKey = tuple[str, int, int]
-# What the kernel has for one key: (type, gateway, oif).
-Seen = tuple[int, str | None, int | None]
+# One nexthop: (gateway, oif, weight); a wanted oif of None matches any interface.
+Hop = tuple[str | None, int | None, int]
 
 
 @dataclass(frozen=True)
 class RouteSpec:
     """One route. dst is a CIDR prefix or "default" (IPv4 unless the gateway is
-    IPv6; write "::/0" for an IPv6 default without a gateway)."""
+    IPv6; write "::/0" for an IPv6 default without a gateway). weight is this
+    nexthop's share when paths are merged into a multipath route."""
 
     dst: str
     gateway: str | None = None
     dev: str | None = None
     table: int | None = None
     metric: int | None = None
+    weight: int = 1
 
     def __post_init__(self) -> None:
         if self.gateway is None and self.dev is None:
@@ -55,12 +64,18 @@ class RouteSpec:
             gw = ipaddress.ip_address(self.gateway)
             if gw.version != net.version:
                 raise ValueError(f"route {self.dst}: gateway {self.gateway} is another family")
-        if self.dev is not None and not 0 < len(self.dev.encode()) < 16:
+        if self.dev is not None and not _ifname_ok(self.dev):
             raise ValueError(f"route {self.dst}: bad interface name {self.dev!r}")
-        if self.table is not None and not 0 < self.table < 2**32:
+        if self.table is not None and not 0 < self.table <= U32_MAX:
             raise ValueError(f"route {self.dst}: table must be 1..4294967295")
-        if self.metric is not None and not 0 <= self.metric < 2**32:
+        if self.metric is not None and not 0 <= self.metric <= U32_MAX:
             raise ValueError(f"route {self.dst}: metric must be 0..4294967295")
+        if not 1 <= self.weight <= MAX_WEIGHT:
+            raise ValueError(f"route {self.dst}: weight must be 1..{MAX_WEIGHT}")
+
+
+def _ifname_ok(name: str) -> bool:
+    return 0 < len(name.encode()) < 16
 
 
 def _network(spec: RouteSpec) -> Network:
@@ -79,15 +94,60 @@ def route_key(spec: RouteSpec) -> RouteKey:
     return (str(net), spec.table or MAIN_TABLE, metric)
 
 
-def _describe(spec: RouteSpec) -> str:
-    parts = [str(_network(spec))]
+def _ip(addr: str | None) -> str | None:
+    return str(ipaddress.ip_address(addr)) if addr else None
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One key's wanted route: plain from one spec, multipath from several."""
+
+    group: str
+    key: RouteKey
+    specs: tuple[RouteSpec, ...]
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One route the kernel has under a key."""
+
+    type: int
+    hops: tuple[Hop, ...]
+    multipath: bool
+
+
+def _merge(specs: Iterable[RouteSpec]) -> tuple[RouteSpec, ...]:
+    """Fold nexthops that are the same (gateway, dev) into one, weights added: the
+    kernel refuses duplicate IPv6 nexthops, and a next hop that two paths share
+    carries both their shares."""
+    merged: dict[tuple[str | None, str | None], RouteSpec] = {}
+    for s in specs:
+        nh = (_ip(s.gateway), s.dev)
+        prev = merged.get(nh)
+        weight = s.weight if prev is None else min(prev.weight + s.weight, MAX_WEIGHT)
+        merged[nh] = dataclasses.replace(prev or s, weight=weight)
+    return tuple(merged.values())
+
+
+def _describe_hop(spec: RouteSpec) -> str:
+    parts = []
     if spec.gateway:
         parts.append(f"via {spec.gateway}")
     if spec.dev:
         parts.append(f"dev {spec.dev}")
-    parts.append(f"table {spec.table or MAIN_TABLE}")
-    if spec.metric is not None:
-        parts.append(f"metric {spec.metric}")
+    return " ".join(parts)
+
+
+def _describe(route: _Route) -> str:
+    dst, table, _ = route.key
+    first = route.specs[0]
+    if len(route.specs) == 1:
+        parts = [dst, _describe_hop(first), f"table {table}"]
+    else:
+        hops = ", ".join(f"{_describe_hop(s)} weight {s.weight}" for s in route.specs)
+        parts = [dst, f"table {table}", f"nexthops {hops}"]
+    if first.metric is not None:
+        parts.append(f"metric {first.metric}")
     return " ".join(parts)
 
 
@@ -100,32 +160,79 @@ def _seen_key(msg: Any) -> RouteKey | None:
     return (str(net), int(msg.get("table") or msg["table"]), int(msg.get("priority") or 0))
 
 
-def _matches(spec: RouteSpec, oif: int | None, seen: list[Seen]) -> bool:
+def _collect(msgs: Iterable[Any]) -> dict[RouteKey, list[_Seen]]:
+    """Route dump messages by key. A multipath route comes as one message with
+    RTA_MULTIPATH (IPv4; IPv6 since Linux 4.11), each nexthop's weight in rtnh_hops."""
+    seen: dict[RouteKey, list[_Seen]] = {}
+    for msg in msgs:
+        key = _seen_key(msg)
+        if key is None:
+            continue
+        nexthops = msg.get("multipath")
+        if nexthops:
+            hops = tuple((_ip(nh.get("gateway")), nh["oif"], nh["hops"] + 1) for nh in nexthops)
+        else:
+            hops = ((_ip(msg.get("gateway")), msg.get("oif"), 1),)
+        seen.setdefault(key, []).append(_Seen(msg["type"], hops, bool(nexthops)))
+    for key, entries in seen.items():
+        # Before 4.11 the kernel dumped each nexthop of an IPv6 multipath route as a
+        # route of its own (and knew no weights); only gateway routes were siblings.
+        if ":" in key[0] and len(entries) > 1 and all(
+            e.type == RTN_UNICAST and not e.multipath and e.hops[0][0] for e in entries
+        ):
+            seen[key] = [_Seen(RTN_UNICAST, tuple(e.hops[0] for e in entries), True)]
+    return seen
+
+
+def _same_hops(want: Sequence[Hop], seen: Sequence[Hop], *, weights: bool) -> bool:
+    if len(want) != len(seen):
+        return False
+    left = list(seen)
+    # Nexthops naming a dev first: one without a dev matches any interface and must
+    # not take the one a dev-bound nexthop needs.
+    for gateway, oif, weight in sorted(want, key=lambda h: h[1] is None):
+        for i, (s_gateway, s_oif, s_weight) in enumerate(left):
+            if (
+                s_gateway == gateway
+                and (oif is None or s_oif == oif)
+                and (not weights or s_weight == weight)
+            ):
+                del left[i]
+                break
+        else:
+            return False
+    return True
+
+
+def _matches(hops: Sequence[Hop], seen: list[_Seen]) -> bool:
     if len(seen) != 1:  # absent, or ambiguous duplicates
         return False
-    rtype, gateway, seen_oif = seen[0]
-    if rtype != RTN_UNICAST:
+    (route,) = seen
+    multipath = len(hops) > 1
+    if route.type != RTN_UNICAST or route.multipath != multipath:
         return False
-    want_gw = ipaddress.ip_address(spec.gateway) if spec.gateway else None
-    if (ipaddress.ip_address(gateway) if gateway else None) != want_gw:
-        return False
-    return spec.dev is None or seen_oif == oif
+    return _same_hops(hops, route.hops, weights=multipath)  # a plain route has no weight
 
 
-def _request(spec: RouteSpec, oif: int | None) -> dict[str, Any]:
+def _request(route: _Route, hops: Sequence[Hop]) -> dict[str, Any]:
+    spec = route.specs[0]
     net = _network(spec)
     req: dict[str, Any] = {
         "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET,
         "dst": str(net.network_address),
         "dst_len": net.prefixlen,
-        "table": spec.table or MAIN_TABLE,
+        "table": route.key[1],
         "type": RTN_UNICAST,
         "proto": "static",
     }
     if spec.metric is not None:
         req["priority"] = spec.metric
-    if spec.gateway is not None:
-        req["gateway"] = spec.gateway
+    if len(hops) > 1:
+        req["multipath"] = [_nexthop(hop) for hop in hops]
+        return req
+    gateway, oif, _ = hops[0]
+    if gateway is not None:
+        req["gateway"] = gateway
     elif net.version == 4:
         req["scope"] = RT_SCOPE_LINK  # as `ip route ... dev X` does
     if oif is not None:
@@ -133,9 +240,19 @@ def _request(spec: RouteSpec, oif: int | None) -> dict[str, Any]:
     return req
 
 
+def _nexthop(hop: Hop) -> dict[str, Any]:
+    gateway, oif, weight = hop
+    nh: dict[str, Any] = {"hops": weight - 1}
+    if gateway is not None:
+        nh["gateway"] = gateway
+    if oif is not None:
+        nh["oif"] = oif
+    return nh
+
+
 class NetlinkActuator:
     kind = "netlink"
-    reads_before_write = True  # apply() dumps and replaces only what differs
+    reads_before_write = True  # apply() dumps and writes only what differs
 
     def __init__(
         self,
@@ -147,6 +264,7 @@ class NetlinkActuator:
     ) -> None:
         self.name = name
         self._routes = {gp: tuple(specs) for gp, specs in routes.items()}
+        self._known = self._routes.keys()
         self._netns = netns
         self._timeout = timeout
         self._ipr: Any = None  # AsyncIPRoute, opened lazily
@@ -160,51 +278,60 @@ class NetlinkActuator:
                 if owner.setdefault(key, group) != group:
                     raise ValueError(f"{name}: route {key} is in groups {owner[key]} and {group}")
 
-    def _wanted(self, desired: Mapping[str, str]) -> list[RouteSpec]:
-        return [s for gp in desired.items() for s in self._routes.get(gp, ())]
+    def _paths(self, group: str, value: str) -> list[str]:
+        """The governed paths of a desired value, in preference order."""
+        return [p for p in dict.fromkeys(value.split("+")) if (group, p) in self._known]
+
+    def _wanted_routes(self, desired: Mapping[str, str]) -> list[_Route]:
+        wanted: list[_Route] = []
+        for group, value in desired.items():
+            by_key: dict[RouteKey, list[RouteSpec]] = {}
+            for path in self._paths(group, value):
+                for spec in self._routes.get((group, path), ()):
+                    by_key.setdefault(route_key(spec), []).append(spec)
+            wanted += [_Route(group, key, _merge(specs)) for key, specs in by_key.items()]
+        return wanted
 
     async def apply(self, desired: Mapping[str, str]) -> bool:
-        wanted = self._wanted(desired)
-        if not wanted:
+        routes = self._wanted_routes(desired)
+        if not routes:
             return False
-        group_of = {id(s): gp[0] for gp in desired.items() for s in self._routes.get(gp, ())}
         failures: list[str] = []
         failed: set[str] = set()
         wrote = False
         async with self._session("apply") as ipr:
-            seen = await self._dump(ipr, wanted)
-            for spec in wanted:
+            seen = await self._dump(ipr, routes)
+            for route in routes:
                 try:
-                    oif = await self._ifindex(ipr, spec.dev)
-                    if oif is None and spec.dev is not None:
-                        raise ActuatorError("netlink", f"interface {spec.dev!r} not found")
-                    if _matches(spec, oif, seen.get(route_key(spec), [])):
+                    hops = await self._hops(ipr, route)
+                    if _matches(hops, seen.get(route.key, [])):
                         continue  # already right: no write, no notification
-                    log.info("%s: replace %s", self.name, _describe(spec))
-                    await ipr.route("replace", **_request(spec, oif))
+                    log.info("%s: replace %s", self.name, _describe(route))
+                    await ipr.route("replace", **_request(route, hops))
                     wrote = True
                 except ActuatorError as e:
-                    failures.append(f"{_describe(spec)}: {e.message}")
-                    failed.add(group_of[id(spec)])
+                    failures.append(f"{_describe(route)}: {e.message}")
+                    failed.add(route.group)
                 except NetlinkError as e:
-                    failures.append(f"replace {_describe(spec)}: {_nl_text(e)}")
-                    failed.add(group_of[id(spec)])
+                    failures.append(f"replace {_describe(route)}: {_nl_text(e)}")
+                    failed.add(route.group)
         if failures:
             msg = f"{self.name}{self._where()}: " + "; ".join(failures)
             raise ActuatorError("netlink", msg, frozenset(failed))
         return wrote
 
     async def verify(self, desired: Mapping[str, str]) -> bool:
-        wanted = self._wanted(desired)
-        if not wanted:
+        routes = self._wanted_routes(desired)
+        if not routes:
             return True
         async with self._session("verify") as ipr:
-            seen = await self._dump(ipr, wanted)
-            for spec in wanted:
-                oif = await self._ifindex(ipr, spec.dev)
-                if spec.dev is not None and oif is None:
-                    return False
-                if not _matches(spec, oif, seen.get(route_key(spec), [])):
+            seen = await self._dump(ipr, routes)
+            for route in routes:
+                try:
+                    hops = await self._hops(ipr, route)
+                except ActuatorError:
+                    return False  # an interface is missing
+                if not _matches(hops, seen.get(route.key, [])):
                     return False
         return True
 
@@ -255,23 +382,24 @@ class NetlinkActuator:
             except Exception:
                 log.debug("closing netlink socket failed", exc_info=True)
 
-    async def _ifindex(self, ipr: Any, dev: str | None) -> int | None:
-        if dev is None:
-            return None
-        found = await ipr.link_lookup(ifname=dev)
-        return int(found[0]) if found else None
+    async def _hops(self, ipr: Any, route: _Route) -> list[Hop]:
+        hops: list[Hop] = []
+        for spec in route.specs:
+            oif = None
+            if spec.dev is not None:
+                found = await ipr.link_lookup(ifname=spec.dev)
+                if not found:
+                    raise ActuatorError("netlink", f"interface {spec.dev!r} not found")
+                oif = int(found[0])
+            hops.append((_ip(spec.gateway), oif, spec.weight))
+        return hops
 
-    async def _dump(self, ipr: Any, specs: list[RouteSpec]) -> dict[RouteKey, list[Seen]]:
-        seen: dict[RouteKey, list[Seen]] = {}
-        families = {_network(s).version for s in specs}
-        for family in sorted(families):
-            af = socket.AF_INET6 if family == 6 else socket.AF_INET
-            async for msg in await ipr.route("dump", family=af):
-                key = _seen_key(msg)
-                if key is not None:
-                    entry = (msg["type"], msg.get("gateway"), msg.get("oif"))
-                    seen.setdefault(key, []).append(entry)
-        return seen
+    async def _dump(self, ipr: Any, routes: list[_Route]) -> dict[RouteKey, list[_Seen]]:
+        msgs: list[Any] = []
+        for v6 in sorted({":" in r.key[0] for r in routes}):
+            af = socket.AF_INET6 if v6 else socket.AF_INET
+            msgs += [msg async for msg in await ipr.route("dump", family=af)]
+        return _collect(msgs)
 
 
 def _nl_text(e: NetlinkError) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from agent.act.base import Actuator, ActuatorError
 from agent.act.converge import Converger
-from agent.act.netlink import NetlinkActuator, RouteSpec, route_key
+from agent.act.netlink import NetlinkActuator, RouteSpec, _collect, route_key
 from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.reports import Reports
 
@@ -326,12 +326,15 @@ def test_route_key_and_validation() -> None:
     assert route_key(RouteSpec(PREFIX6, gateway=GW6_A)) == (PREFIX6, 254, 1024)
     assert route_key(RouteSpec("default", gateway=GW6_A, table=7, metric=5)) == ("::/0", 7, 5)
     assert route_key(RouteSpec("default", dev="eth0")) == ("0.0.0.0/0", 254, 0)
+    assert route_key(RouteSpec(PREFIX, gateway=GW_A, weight=256)) == (PREFIX, 254, 0)
     for bad in [
         dict(dst=PREFIX),
         dict(dst="203.0.113.1/24", gateway=GW_A),
         dict(dst=PREFIX, gateway=GW6_A),
         dict(dst=PREFIX, dev="x" * 16),
         dict(dst=PREFIX, dev="eth0", table=0),
+        dict(dst=PREFIX, gateway=GW_A, weight=0),
+        dict(dst=PREFIX, gateway=GW_A, weight=257),
     ]:
         with pytest.raises(ValueError):
             RouteSpec(**bad)  # type: ignore[arg-type]
@@ -343,3 +346,152 @@ def test_route_key_and_validation() -> None:
                 ("h", "A"): [RouteSpec(PREFIX, gateway=GW_B)],
             },
         )
+
+
+# Weighted multipath: a desired value "A+B" merges the paths' routes per key.
+
+
+def nexthops(route: dict[str, Any]) -> set[tuple[str, str, int]]:
+    return {(nh["gateway"], nh["dev"], nh["weight"]) for nh in route.get("nexthops", [])}
+
+
+def weighted(lab: Lab) -> NetlinkActuator:
+    return NetlinkActuator(
+        "routes",
+        {
+            ("carriers", "A"): [
+                RouteSpec(PREFIX, GW_A, lab.if_a, weight=3),
+                RouteSpec(PREFIX6, GW6_A, lab.if_a, weight=3),
+            ],
+            ("carriers", "B"): [RouteSpec(PREFIX, GW_B, lab.if_b), RouteSpec(PREFIX6, GW6_B)],
+        },
+        netns=lab.pbx.name,
+    )
+
+
+async def test_multipath_with_weights_and_back_without_a_gap(lab: Lab) -> None:
+    async with actuator(weighted(lab)) as act:
+        await act.apply({"carriers": "A"})
+        async with RouteMonitor(lab.pbx) as mon:
+            assert await act.apply({"carriers": "A+B"})
+            to_multipath = await mon.mark()
+            (route,) = lab.routes(PREFIX)
+            assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
+            assert "gateway" not in route
+            (route6,) = lab.routes(PREFIX6, v6=True)
+            assert nexthops(route6) == {(GW6_A, lab.if_a, 3), (GW6_B, lab.if_b, 1)}
+            assert await act.verify({"carriers": "A+B"})
+            assert await act.verify({"carriers": "B+A"})  # preference order is not the kernel's
+            assert not await act.verify({"carriers": "A"})
+            assert not await act.verify({"carriers": "B"})
+
+            assert await act.apply({"carriers": "B+A"}) is False  # same nexthops: no write
+            assert await mon.mark() == []
+
+            assert await act.apply({"carriers": "B"})
+            to_plain = await mon.mark()
+        assert await act.verify({"carriers": "B"})
+        assert not await act.verify({"carriers": "A+B"})
+    (route,) = lab.routes(PREFIX)
+    assert route["gateway"] == GW_B and "nexthops" not in route
+    assert gateways(lab, PREFIX6, v6=True) == [GW6_B]
+    for events in (to_multipath, to_plain):
+        assert [e for e in events if e.startswith(PREFIX)], events
+        assert [e for e in events if e.startswith(PREFIX6)], events
+        assert not [e for e in events if e.startswith("Deleted")], events
+
+
+async def test_multipath_drift_is_repaired(lab: Lab) -> None:
+    desired = {"carriers": "A+B"}
+    hands = [
+        ("route", "replace", PREFIX, "via", GW_A),  # down to one nexthop
+        ("route", "replace", PREFIX, "nexthop", "via", GW_A, "nexthop", "via", GW_B),  # weights
+        ("route", "replace", PREFIX, "nexthop", "via", GW_A, "weight", "3"),  # kernel: plain
+        ("-6", "route", "replace", PREFIX6, "via", GW6_A),
+        ("-6", "route", "replace", PREFIX6, "nexthop", "via", GW6_A, "dev", lab.if_a,
+         "weight", "3", "nexthop", "via", GW6_B, "dev", lab.if_b, "weight", "2"),
+        ("route", "del", PREFIX),
+    ]
+    async with actuator(weighted(lab)) as act:
+        await act.apply(desired)
+        for hand in hands:
+            lab.pbx.ip(*hand)
+            assert not await act.verify(desired), hand
+            assert await act.apply(desired), hand
+            assert await act.verify(desired), hand
+    (route,) = lab.routes(PREFIX)
+    assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
+    (route6,) = lab.routes(PREFIX6, v6=True)
+    assert nexthops(route6) == {(GW6_A, lab.if_a, 3), (GW6_B, lab.if_b, 1)}
+
+
+async def test_multipath_through_the_converger(lab: Lab) -> None:
+    async with actuator(weighted(lab)) as act, converging(act, drift_interval=0.05) as (
+        conv,
+        reports,
+    ):
+        conv.set_desired({"carriers": "A+B"})
+        first = await reports.wait(lambda r: r.ok)
+        assert first.changed and conv.converged
+        lab.pbx.ip("route", "replace", PREFIX, "via", GW_B)  # an operator's hand
+        r = await reports.wait(lambda r: r.trigger == "drift")
+        assert r.ok and r.changed
+    (route,) = lab.routes(PREFIX)
+    assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
+
+
+async def test_multipath_merges_per_key_and_shared_nexthops(lab: Lab) -> None:
+    extra = "198.18.0.0/15"
+    routes = {
+        ("g", "A"): [
+            RouteSpec(PREFIX, GW_A, weight=2),
+            RouteSpec(PREFIX6, GW6_A, weight=2),
+            RouteSpec(extra, GW_A),  # only A routes it: stays a plain route
+        ],
+        ("g", "B"): [RouteSpec(PREFIX, GW_B), RouteSpec(PREFIX6, GW6_B)],
+        # C shares A's next hop: the kernel refuses duplicate IPv6 nexthops, so the
+        # two are one nexthop carrying both weights.
+        ("g", "C"): [RouteSpec(PREFIX, GW_A), RouteSpec(PREFIX6, GW6_A)],
+    }
+    async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
+        assert await act.apply({"g": "A+B+C"})
+        assert await act.verify({"g": "A+B+C"})
+        (route,) = lab.routes(PREFIX)
+        assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
+        (route6,) = lab.routes(PREFIX6, v6=True)
+        assert nexthops(route6) == {(GW6_A, lab.if_a, 3), (GW6_B, lab.if_b, 1)}
+        assert gateways(lab, extra) == [GW_A]
+
+        # All that is left after merging is one next hop: a plain route.
+        assert await act.apply({"g": "C+A"})
+        assert await act.verify({"g": "C+A"})
+        assert gateways(lab, PREFIX) == [GW_A]
+        assert gateways(lab, PREFIX6, v6=True) == [GW6_A]
+
+        # A path this actuator does not govern is ignored within a "+" value.
+        await act.apply({"g": "B+Z"})
+        assert await act.verify({"g": "B+Z"}) and await act.verify({"g": "B"})
+        assert gateways(lab, PREFIX) == [GW_B]
+
+
+def test_ipv6_multipath_as_older_kernels_dump_it() -> None:
+    # Before Linux 4.11 each nexthop of an IPv6 multipath route came as a route of
+    # its own; this kernel sends RTA_MULTIPATH, so feed _collect such a dump.
+    def msg(family: int, dst: str, **kw: Any) -> dict[str, Any]:
+        base = {"family": family, "tos": 0, "dst": dst, "table": 254, "type": 1}
+        return base | kw
+
+    v6 = dict(dst_len=48, priority=1024)
+    v4 = dict(dst_len=24, priority=0)
+    seen = _collect(
+        [
+            msg(10, "2001:db8:ff::", gateway=GW6_A, oif=2, **v6),
+            msg(10, "2001:db8:ff::", gateway=GW6_B, oif=3, **v6),
+            msg(2, "203.0.113.0", gateway=GW_A, oif=2, **v4),  # IPv4: `ip route append`
+            msg(2, "203.0.113.0", gateway=GW_B, oif=3, **v4),
+        ]
+    )
+    (route6,) = seen[(PREFIX6, 254, 1024)]
+    assert route6.multipath and set(route6.hops) == {(GW6_A, 2, 1), (GW6_B, 3, 1)}
+    assert [r.multipath for r in seen[(PREFIX, 254, 0)]] == [False, False]  # ambiguous
+
