@@ -1,4 +1,5 @@
-"""Kernel routes as an actuator: each (group, path) maps to a set of routes.
+"""Kernel routes and policy rules as an actuator: each (group, path) maps to a set
+of routes and a set of rules.
 
 Routes are installed with an atomic RTM_NEWROUTE replace (NLM_F_CREATE |
 NLM_F_REPLACE), never delete-then-add, so no packet ever meets a missing route.
@@ -6,13 +7,17 @@ A route is identified the way the kernel does it: (prefix, table, metric).
 
 A group's desired value may join several path names with "+" in preference order
 ("a+b"): the routes of the listed paths that share a key become one weighted
-multipath route.
+multipath route. Rules cannot be replaced in place, so a switch adds the new
+rules before it deletes the old ones: traffic is never without a rule. A rule is
+identified by (family, priority, table, src, dst, fwmark, iif); a rule that is no
+group's is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import logging
 import socket
@@ -32,15 +37,21 @@ log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
+RTPROT_STATIC = 4
 RT_SCOPE_LINK = 253
 IP6_RT_PRIO_USER = 1024  # the kernel's metric for an IPv6 route given 0/none
 MAX_WEIGHT = 256  # rtnh_hops is a byte holding weight - 1
+FR_ACT_TO_TBL = 1
+FIB_RULE_IIF_DETACHED = 0x8  # status, not configuration: the iif does not exist (yet)
 U32_MAX = 2**32 - 1
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RouteKey = tuple[str, int, int]
 # One nexthop: (gateway, oif, weight); a wanted oif of None matches any interface.
 Hop = tuple[str | None, int | None, int]
+# A rule's identity: (family 4/6, priority, table, src, dst, fwmark, iif).
+RuleKey = tuple[int, int, int, str | None, str | None, int | None, str | None]
+RuleGroups = dict[RuleKey, str]  # rule -> the group it belongs to
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,43 @@ class RouteSpec:
             raise ValueError(f"route {self.dst}: weight must be 1..{MAX_WEIGHT}")
 
 
+@dataclass(frozen=True)
+class RuleSpec:
+    """One policy routing rule: `from src to dst fwmark M iif I lookup table` at
+    `priority`. family is 4 or 6; None means the addresses' family (IPv4 if none)."""
+
+    priority: int
+    table: int
+    src: str | None = None
+    dst: str | None = None
+    fwmark: int | None = None
+    iif: str | None = None
+    family: int | None = None
+
+    def __post_init__(self) -> None:
+        what = f"rule {self.priority}"
+        # 0, 32766 and 32767 are the kernel's local, main and default rules.
+        if not 0 < self.priority < 32766:
+            raise ValueError(f"{what}: priority must be 1..32765")
+        if not 0 < self.table <= U32_MAX:
+            raise ValueError(f"{what}: table must be 1..4294967295")
+        if self.family not in (None, 4, 6):
+            raise ValueError(f"{what}: family must be 4 or 6")
+        versions = {self.family} - {None}
+        for addr in (self.src, self.dst):
+            if addr is not None:
+                try:
+                    versions.add(ipaddress.ip_network(addr).version)
+                except ValueError as e:  # host bits set, not an address, ...
+                    raise ValueError(f"{what}: {e}") from None
+        if len(versions) > 1:
+            raise ValueError(f"{what}: src, dst and family disagree on the address family")
+        if self.fwmark is not None and not 0 < self.fwmark <= U32_MAX:
+            raise ValueError(f"{what}: fwmark must be 1..4294967295")
+        if self.iif is not None and not _ifname_ok(self.iif):
+            raise ValueError(f"{what}: bad interface name {self.iif!r}")
+
+
 def _ifname_ok(name: str) -> bool:
     return 0 < len(name.encode()) < 16
 
@@ -92,6 +140,24 @@ def route_key(spec: RouteSpec) -> RouteKey:
     if net.version == 6 and metric == 0:
         metric = IP6_RT_PRIO_USER
     return (str(net), spec.table or MAIN_TABLE, metric)
+
+
+def rule_key(spec: RuleSpec) -> RuleKey:
+    """A rule's identity as read back: (family, priority, table, src, dst, fwmark, iif)."""
+    nets = [ipaddress.ip_network(a) for a in (spec.src, spec.dst) if a is not None]
+    family = spec.family or (nets[0].version if nets else 4)
+    return (
+        family, spec.priority, spec.table,
+        _selector(spec.src), _selector(spec.dst), spec.fwmark, spec.iif,
+    )
+
+
+def _selector(prefix: str | None) -> str | None:
+    # The kernel keeps no "from 0.0.0.0/0": a /0 is "from all", like no prefix.
+    if prefix is None:
+        return None
+    net = ipaddress.ip_network(prefix, strict=False)
+    return str(net) if net.prefixlen else None
 
 
 def _ip(addr: str | None) -> str | None:
@@ -114,6 +180,12 @@ class _Seen:
     type: int
     hops: tuple[Hop, ...]
     multipath: bool
+
+
+@dataclass(frozen=True)
+class _SeenRule:
+    key: RuleKey
+    plain: bool  # says nothing a RuleSpec cannot say; otherwise it is never ours
 
 
 def _merge(specs: Iterable[RouteSpec]) -> tuple[RouteSpec, ...]:
@@ -148,6 +220,21 @@ def _describe(route: _Route) -> str:
         parts = [dst, f"table {table}", f"nexthops {hops}"]
     if first.metric is not None:
         parts.append(f"metric {first.metric}")
+    return " ".join(parts)
+
+
+def _describe_rule(key: RuleKey) -> str:
+    family, priority, table, src, dst, fwmark, iif = key
+    parts = [f"{priority}: from {src or 'all'}"]
+    if dst:
+        parts.append(f"to {dst}")
+    if fwmark is not None:
+        parts.append(f"fwmark {fwmark:#x}")
+    if iif:
+        parts.append(f"iif {iif}")
+    parts.append(f"lookup {table}")
+    if family == 6 and not (src or dst):
+        parts.append("(IPv6)")
     return " ".join(parts)
 
 
@@ -250,6 +337,69 @@ def _nexthop(hop: Hop) -> dict[str, Any]:
     return nh
 
 
+# Rule attributes a RuleSpec can produce, and the others' values meaning "unset".
+_RULE_ATTRS = {"FRA_TABLE", "FRA_PRIORITY", "FRA_SRC", "FRA_DST", "FRA_FWMARK",
+               "FRA_IIFNAME", "FRA_PROTOCOL"}
+_RULE_UNSET = {"FRA_FWMASK": U32_MAX, "FRA_SUPPRESS_PREFIXLEN": U32_MAX,
+               "FRA_SUPPRESS_IFGROUP": U32_MAX}
+
+
+def _seen_rule(msg: Any) -> _SeenRule:
+    def selector(name: str) -> str | None:
+        addr, length = msg.get(name), msg[f"{name}_len"]
+        return str(ipaddress.ip_network(f"{addr}/{length}", strict=False)) if addr else None
+
+    key: RuleKey = (
+        6 if msg["family"] == socket.AF_INET6 else 4,
+        int(msg.get("priority") or 0),
+        int(msg.get("table") or msg["table"]),  # FRA_TABLE: the header has 8 bits
+        selector("src"),
+        selector("dst"),
+        msg.get("fwmark"),
+        msg.get("iifname"),
+    )
+    # Anything else (not, oif, tos, goto, uidrange, ports, a mark mask, ...) makes
+    # it another rule, even if its identity fields equal one of ours.
+    plain = (
+        msg["action"] == FR_ACT_TO_TBL
+        and not msg["tos"]
+        and not msg["flags"] & ~FIB_RULE_IIF_DETACHED
+        and all(
+            nla[0] in _RULE_ATTRS or _RULE_UNSET.get(nla[0]) == nla[1] for nla in msg["attrs"]
+        )
+    )
+    return _SeenRule(key, plain)
+
+
+def _hits(key: RuleKey, other: RuleKey) -> bool:
+    """Whether a delete request for `key` may remove `other`: the kernel removes the
+    first rule that has the selectors the request gives, whatever else it has.
+    Errs on the side of yes (mark masks, actions), which only refuses a delete."""
+    return key[:3] == other[:3] and all(
+        k is None or k == o for k, o in zip(key[3:], other[3:], strict=True)
+    )
+
+
+def _rule_request(key: RuleKey) -> dict[str, Any]:
+    family, priority, table, src, dst, fwmark, iif = key
+    req: dict[str, Any] = {
+        "family": socket.AF_INET6 if family == 6 else socket.AF_INET,
+        "priority": priority,
+        "table": table,
+        "action": "to_tbl",
+    }
+    for name, prefix in (("src", src), ("dst", dst)):
+        if prefix is not None:
+            net = ipaddress.ip_network(prefix)
+            req[name] = str(net.network_address)
+            req[f"{name}_len"] = net.prefixlen
+    if fwmark is not None:
+        req["fwmark"] = fwmark  # the kernel makes the mask 0xffffffff
+    if iif is not None:
+        req["iifname"] = iif
+    return req
+
+
 class NetlinkActuator:
     kind = "netlink"
     reads_before_write = True  # apply() dumps and writes only what differs
@@ -258,13 +408,18 @@ class NetlinkActuator:
         self,
         name: str,
         routes: Mapping[tuple[str, str], Sequence[RouteSpec]],
+        rules: Mapping[tuple[str, str], Sequence[RuleSpec]] | None = None,
         *,
         netns: str | None = None,
         timeout: float = 5.0,
     ) -> None:
+        """A (group, path) listed in `routes` or `rules`, even with no entries, is
+        governed here: switching to it removes the group's other paths' rules. A
+        desired path listed in neither leaves the group as it is."""
         self.name = name
         self._routes = {gp: tuple(specs) for gp, specs in routes.items()}
-        self._known = self._routes.keys()
+        self._rules = {gp: tuple(specs) for gp, specs in (rules or {}).items()}
+        self._known = self._routes.keys() | self._rules.keys()
         self._netns = netns
         self._timeout = timeout
         self._ipr: Any = None  # AsyncIPRoute, opened lazily
@@ -277,6 +432,20 @@ class NetlinkActuator:
                 # Two groups steering one route would fight for ever.
                 if owner.setdefault(key, group) != group:
                     raise ValueError(f"{name}: route {key} is in groups {owner[key]} and {group}")
+        # Every rule of any path of a group is the group's to add and delete.
+        self._managed: dict[str, set[RuleKey]] = {}
+        rule_owner: dict[RuleKey, str] = {}
+        for (group, path), rule_specs in self._rules.items():
+            rkeys = [rule_key(s) for s in rule_specs]
+            if len(set(rkeys)) != len(rkeys):
+                raise ValueError(f"{name}: {group}/{path} lists one rule twice")
+            for rkey in rkeys:
+                if rule_owner.setdefault(rkey, group) != group:
+                    raise ValueError(
+                        f"{name}: rule {_describe_rule(rkey)} is in groups "
+                        f"{rule_owner[rkey]} and {group}"
+                    )
+                self._managed.setdefault(group, set()).add(rkey)
 
     def _paths(self, group: str, value: str) -> list[str]:
         """The governed paths of a desired value, in preference order."""
@@ -292,9 +461,23 @@ class NetlinkActuator:
             wanted += [_Route(group, key, _merge(specs)) for key, specs in by_key.items()]
         return wanted
 
+    def _wanted_rules(self, desired: Mapping[str, str]) -> tuple[RuleGroups, RuleGroups]:
+        """(wanted, unwanted): rule -> group, for the groups in `desired` that have rules."""
+        wanted: RuleGroups = {}
+        unwanted: RuleGroups = {}
+        for group, value in desired.items():
+            paths = self._paths(group, value)
+            if not paths or group not in self._managed:
+                continue
+            want = {rule_key(s) for p in paths for s in self._rules.get((group, p), ())}
+            wanted.update(dict.fromkeys(want, group))
+            unwanted.update(dict.fromkeys(self._managed[group] - want, group))
+        return wanted, unwanted
+
     async def apply(self, desired: Mapping[str, str]) -> bool:
         routes = self._wanted_routes(desired)
-        if not routes:
+        wanted, unwanted = self._wanted_rules(desired)
+        if not routes and not wanted and not unwanted:
             return False
         failures: list[str] = []
         failed: set[str] = set()
@@ -315,14 +498,77 @@ class NetlinkActuator:
                 except NetlinkError as e:
                     failures.append(f"replace {_describe(route)}: {_nl_text(e)}")
                     failed.add(route.group)
+            # A group whose routes failed keeps its rules as they are: pointing traffic
+            # at a table that lacks its routes is worse than the old path.
+            if wanted or unwanted:
+                wrote |= await self._apply_rules(
+                    ipr,
+                    {k: g for k, g in wanted.items() if g not in failed},
+                    {k: g for k, g in unwanted.items() if g not in failed},
+                    failures,
+                    failed,
+                )
         if failures:
             msg = f"{self.name}{self._where()}: " + "; ".join(failures)
             raise ActuatorError("netlink", msg, frozenset(failed))
         return wrote
 
+    async def _apply_rules(
+        self,
+        ipr: Any,
+        wanted: RuleGroups,
+        unwanted: RuleGroups,
+        failures: list[str],
+        failed: set[str],
+    ) -> bool:
+        families = {k[0] for k in wanted.keys() | unwanted.keys()}
+        rules = await self._dump_rules(ipr, families)
+        present = {r.key for r in rules if r.plain}
+        added = False
+        for key, group in wanted.items():
+            if key in present:
+                continue
+            try:
+                log.info("%s: add rule %s", self.name, _describe_rule(key))
+                await ipr.rule("add", protocol=RTPROT_STATIC, **_rule_request(key))
+                added = True
+            except NetlinkError as e:
+                failures.append(f"add rule '{_describe_rule(key)}': {_nl_text(e)}")
+                failed.add(group)
+        # Make before break: only now the old rules go, and not in a group whose new
+        # rule could not be added.
+        doomed = [k for k, g in unwanted.items() if k in present and g not in failed]
+        deleted = False
+        for key in doomed:
+            group = unwanted[key]
+            # The kernel deletes the first rule the request matches, which may be
+            # someone else's. The dump from before the adds still tells which: a new
+            # rule goes after every rule of its priority or lower.
+            first = next(r for r in rules if _hits(key, r.key))
+            if first.key != key or not first.plain:
+                other = _describe_rule(first.key) + ("" if first.plain else " (and more)")
+                failures.append(
+                    f"delete rule '{_describe_rule(key)}' refused: the kernel would delete"
+                    f" '{other}' first"
+                )
+                failed.add(group)
+                continue
+            try:
+                log.info("%s: delete rule %s", self.name, _describe_rule(key))
+                await ipr.rule("del", **_rule_request(key))
+                deleted = True
+            except NetlinkError as e:
+                if e.code != errno.ENOENT:  # gone meanwhile is what we wanted
+                    failures.append(f"delete rule '{_describe_rule(key)}': {_nl_text(e)}")
+                    failed.add(group)
+                    continue
+            rules.remove(first)
+        return added or deleted
+
     async def verify(self, desired: Mapping[str, str]) -> bool:
         routes = self._wanted_routes(desired)
-        if not routes:
+        wanted, unwanted = self._wanted_rules(desired)
+        if not routes and not wanted and not unwanted:
             return True
         async with self._session("verify") as ipr:
             seen = await self._dump(ipr, routes)
@@ -333,6 +579,10 @@ class NetlinkActuator:
                     return False  # an interface is missing
                 if not _matches(hops, seen.get(route.key, [])):
                     return False
+            if wanted or unwanted:
+                families = {k[0] for k in wanted.keys() | unwanted.keys()}
+                present = {r.key for r in await self._dump_rules(ipr, families) if r.plain}
+                return wanted.keys() <= present and not unwanted.keys() & present
         return True
 
     async def close(self) -> None:
@@ -400,6 +650,14 @@ class NetlinkActuator:
             af = socket.AF_INET6 if v6 else socket.AF_INET
             msgs += [msg async for msg in await ipr.route("dump", family=af)]
         return _collect(msgs)
+
+    async def _dump_rules(self, ipr: Any, families: set[int]) -> list[_SeenRule]:
+        """In the kernel's list order, which is the order deletes search in."""
+        rules: list[_SeenRule] = []
+        for family in sorted(families):
+            af = socket.AF_INET6 if family == 6 else socket.AF_INET
+            rules += [_seen_rule(msg) async for msg in await ipr.rule("dump", family=af)]
+        return rules
 
 
 def _nl_text(e: NetlinkError) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from agent.act.base import Actuator, ActuatorError
 from agent.act.converge import Converger
-from agent.act.netlink import NetlinkActuator, RouteSpec, _collect, route_key
+from agent.act.netlink import NetlinkActuator, RouteSpec, RuleSpec, _collect, route_key, rule_key
 from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.reports import Reports
 
@@ -41,6 +41,26 @@ class Lab:
         fam = ["-6"] if v6 else []
         out = self.pbx.ip(*fam, "-j", "route", "show", *args).stdout
         return list(json.loads(out or "[]"))
+
+    def rules(self, v6: bool = False) -> set[str]:
+        """Every rule but the kernel's own, as "priority [not] from src [iif I] [oif O]
+        lookup table"."""
+        out = self.pbx.ip("-6" if v6 else "-4", "-j", "rule", "show").stdout
+        found = set()
+        for r in json.loads(out):
+            if r["priority"] in (0, 32766, 32767):
+                continue
+            src = f"{r['src']}/{r['srclen']}" if "srclen" in r else r["src"]
+            neg = " not" if "not" in r else ""
+            dev = "".join(f" {d} {r[d]}" for d in ("iif", "oif") if d in r)
+            found.add(f"{r['priority']}{neg} from {src}{dev} lookup {r['table']}")
+        return found
+
+    def gateway_for(self, dst: str, src: str, v6: bool = False) -> str:
+        """The kernel's own answer: where a packet from src to dst goes."""
+        out = self.pbx.ip("-6" if v6 else "-4", "-j", "route", "get", dst, "from", src).stdout
+        (route,) = json.loads(out)
+        return str(route["gateway"])
 
     def actuator(self, table: int | None = None, metric: int | None = None) -> NetlinkActuator:
         def spec(dst: str, gw: str) -> RouteSpec:
@@ -94,17 +114,18 @@ async def converging(act: Actuator, **kw: float) -> AsyncIterator[tuple[Converge
 
 
 class RouteMonitor:
-    """`ip monitor route` in the namespace, fenced by marker routes so that we
-    know exactly which events happened between two points."""
+    """`ip monitor route` (and rule) in the namespace, fenced by marker routes so
+    that we know exactly which events happened between two points."""
 
-    def __init__(self, ns: Netns) -> None:
+    def __init__(self, ns: Netns, *, rules: bool = False) -> None:
         self.ns = ns
+        self.objects = ["route", "rule"] if rules else ["route"]
         self.n = 0
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> RouteMonitor:
         self.proc = await asyncio.create_subprocess_exec(
-            "ip", "-n", self.ns.name, "monitor", "route", stdout=asyncio.subprocess.PIPE
+            "ip", "-n", self.ns.name, "monitor", *self.objects, stdout=asyncio.subprocess.PIPE
         )
         try:
             await self._handshake()
@@ -495,3 +516,241 @@ def test_ipv6_multipath_as_older_kernels_dump_it() -> None:
     assert route6.multipath and set(route6.hops) == {(GW6_A, 2, 1), (GW6_B, 3, 1)}
     assert [r.multipath for r in seen[(PREFIX, 254, 0)]] == [False, False]  # ambiguous
 
+
+# Policy routing rules: a path's rules are added before the old path's go.
+
+SRC, SRC6 = "192.0.2.0/24", "2001:db8:a::/64"  # the pbx's own addresses on link A
+HOST, HOST6 = "203.0.113.5", "2001:db8:ff::5"
+
+
+def policy(
+    lab: Lab,
+    routes: dict[tuple[str, str], list[RouteSpec]] | None = None,
+    rules: dict[tuple[str, str], list[RuleSpec]] | None = None,
+) -> NetlinkActuator:
+    """Path A routes through table 100, B through table 200; a rule picks the table."""
+
+    def via(dst: str, gateway: str, table: int) -> RouteSpec:
+        return RouteSpec(dst, gateway, table=table)
+
+    return NetlinkActuator(
+        "policy",
+        {
+            ("carriers", "A"): [via(PREFIX, GW_A, 100), via(PREFIX6, GW6_A, 100)],
+            ("carriers", "B"): [via(PREFIX, GW_B, 200), via(PREFIX6, GW6_B, 200)],
+        }
+        | (routes or {}),
+        {
+            ("carriers", "A"): [RuleSpec(1000, 100, src=SRC), RuleSpec(1000, 100, src=SRC6)],
+            ("carriers", "B"): [RuleSpec(1000, 200, src=SRC), RuleSpec(1000, 200, src=SRC6)],
+        }
+        | (rules or {}),
+        netns=lab.pbx.name,
+    )
+
+
+async def test_rules_switch_make_before_break(lab: Lab) -> None:
+    # Someone else's rules: one before ours, one at our priority and table.
+    lab.pbx.ip("rule", "add", "priority", "900", "from", SRC, "lookup", "300")
+    lab.pbx.ip("rule", "add", "priority", "1000", "from", "198.51.100.0/24", "lookup", "100")
+    theirs = {f"900 from {SRC} lookup 300", "1000 from 198.51.100.0/24 lookup 100"}
+    async with actuator(policy(lab)) as act:
+        assert await act.apply({"carriers": "A"})
+        assert lab.rules() == theirs | {f"1000 from {SRC} lookup 100"}
+        assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 100"}
+        assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
+        assert lab.gateway_for(HOST6, "2001:db8:a::1", v6=True) == GW6_A
+        assert await act.verify({"carriers": "A"}) and not await act.verify({"carriers": "B"})
+
+        async with RouteMonitor(lab.pbx, rules=True) as mon:
+            assert await act.apply({"carriers": "B"})
+            events = await mon.mark()
+            assert await act.apply({"carriers": "B"}) is False
+            assert await mon.mark() == []
+        assert await act.verify({"carriers": "B"}) and not await act.verify({"carriers": "A"})
+        assert lab.rules() == theirs | {f"1000 from {SRC} lookup 200"}
+        assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 200"}
+        assert lab.gateway_for(HOST, "192.0.2.1") == GW_B
+        assert lab.gateway_for(HOST6, "2001:db8:a::1", v6=True) == GW6_B
+
+        assert await act.apply({"carriers": "A"})
+        assert lab.rules() == theirs | {f"1000 from {SRC} lookup 100"}
+        assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
+
+    routed = [i for i, e in enumerate(events) if e.startswith(f"{PREFIX} via {GW_B}")]
+    added = [i for i, e in enumerate(events) if e.startswith("1000:") and "lookup 200" in e]
+    deleted = [i for i, e in enumerate(events) if e.startswith("Deleted")]
+    assert len(routed) == 1 and len(added) == 2 and len(deleted) == 2, events
+    # Routes into the new table, then its rules, and only then the old rules go.
+    assert routed[0] < min(added) and max(added) < min(deleted), events
+    assert all("lookup 100" in events[i] and "198.51.100" not in events[i] for i in deleted)
+
+
+async def test_rules_union_for_multipath_and_paths_without_rules(lab: Lab) -> None:
+    act = policy(
+        lab,
+        routes={("carriers", "M"): [RouteSpec(PREFIX, GW_B)]},  # main table, no rules
+        rules={("carriers", "N"): []},  # governed here, wants no rules
+    )
+    async with actuator(act):
+        await act.apply({"carriers": "A+B"})
+        assert lab.rules() == {f"1000 from {SRC} lookup 100", f"1000 from {SRC} lookup 200"}
+        assert await act.verify({"carriers": "B+A"}) and not await act.verify({"carriers": "A"})
+
+        assert await act.apply({"carriers": "M"})
+        assert lab.rules() == set() and lab.rules(v6=True) == set()
+        assert gateways(lab, PREFIX) == [GW_B]
+
+        await act.apply({"carriers": "A"})
+        assert await act.apply({"carriers": "Z"}) is False  # not governed: left alone
+        assert await act.verify({"carriers": "Z"})
+        assert lab.rules() == {f"1000 from {SRC} lookup 100"}
+
+        assert await act.apply({"carriers": "N"})
+        assert lab.rules() == set() and await act.verify({"carriers": "N"})
+
+
+async def test_rule_changed_by_hand_is_restored(lab: Lab) -> None:
+    desired = {"carriers": "A"}
+    async with actuator(policy(lab)) as act:
+        await act.apply(desired)
+        lab.pbx.ip("rule", "del", "priority", "1000", "from", SRC, "lookup", "100")
+        assert not await act.verify(desired)
+        assert await act.apply(desired)
+        assert await act.verify(desired)
+        assert lab.rules() == {f"1000 from {SRC} lookup 100"}
+
+        # A rule of path B put back by hand is the group's, so it goes again.
+        lab.pbx.ip("-6", "rule", "add", "priority", "1000", "from", SRC6, "lookup", "200")
+        assert not await act.verify(desired)
+        assert await act.apply(desired)
+        assert await act.verify(desired)
+        assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 100"}
+
+
+async def test_rule_delete_that_would_hit_someone_elses_rule_is_refused(lab: Lab) -> None:
+    # The kernel deletes the first rule having the selectors a request gives, so
+    # deleting "1000 from SRC lookup 100" would take this one, which comes first.
+    lab.pbx.ip("rule", "add", "priority", "1000", "from", SRC, "iif", "lo", "lookup", "100")
+    other = {
+        ("other", "X"): [RuleSpec(2000, 300, dst=PREFIX)],
+        ("other", "Y"): [RuleSpec(2000, 400, dst=PREFIX)],
+    }
+    async with actuator(policy(lab, rules=other)) as act:
+        await act.apply({"carriers": "A", "other": "X"})
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"carriers": "B", "other": "Y"})
+        assert err.value.groups == {"carriers"}
+        assert f"'1000: from {SRC} iif lo lookup 100' first" in err.value.message
+        assert not await act.verify({"carriers": "B"}) and await act.verify({"other": "Y"})
+        assert lab.rules() == {
+            f"1000 from {SRC} iif lo lookup 100",  # untouched
+            f"1000 from {SRC} lookup 100",  # still there: refused
+            f"1000 from {SRC} lookup 200",  # made before the break that did not come
+            "2000 from all lookup 400",  # the other group switched regardless
+        }
+        assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 200"}
+
+        lab.pbx.ip("rule", "del", "priority", "1000", "from", SRC, "iif", "lo", "lookup", "100")
+        assert await act.apply({"carriers": "B", "other": "Y"})
+        assert lab.rules() == {f"1000 from {SRC} lookup 200", "2000 from all lookup 400"}
+
+
+async def test_rules_with_more_selectors_are_not_ours(lab: Lab) -> None:
+    async with actuator(policy(lab)) as act:
+        await act.apply({"carriers": "A"})
+        # Same identity fields as A's rule, plus an oif: someone else's. It comes
+        # after ours, so deleting ours cannot take it.
+        lab.pbx.ip("rule", "add", "priority", "1000", "from", SRC, "oif", lab.if_b, "lookup", "100")
+        theirs = f"1000 from {SRC} oif {lab.if_b} lookup 100"
+        assert await act.apply({"carriers": "B"})
+        assert await act.verify({"carriers": "B"})
+        assert lab.rules() == {theirs, f"1000 from {SRC} lookup 200"}
+        assert await act.apply({"carriers": "A"})  # not taken for ours: ours is added
+        assert lab.rules() == {theirs, f"1000 from {SRC} lookup 100"}
+
+
+async def test_rule_add_refused_by_the_kernel_breaks_nothing(lab: Lab) -> None:
+    async with actuator(policy(lab)) as act:
+        await act.apply({"carriers": "A"})
+        # The kernel's duplicate check ignores "not" (but not the protocol): adding
+        # B's rule is refused.
+        lab.pbx.ip(
+            "rule", "add", "priority", "1000", "not", "from", SRC, "lookup", "200",
+            "proto", "static",
+        )
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"carriers": "B"})
+        assert err.value.groups == {"carriers"} and "File exists" in err.value.message
+        assert not await act.verify({"carriers": "B"})
+    # Nothing of the group was deleted: A's rules still steer (IPv6's B rule is in too).
+    assert lab.rules() == {f"1000 from {SRC} lookup 100", f"1000 not from {SRC} lookup 200"}
+    assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 100", f"1000 from {SRC6} lookup 200"}
+    assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
+
+
+async def test_failed_routes_keep_the_groups_rules(lab: Lab) -> None:
+    broken = {("carriers", "B"): [RouteSpec(PREFIX, GW_B, "nosuch0", table=200)]}
+    async with actuator(policy(lab, routes=broken)) as act:
+        await act.apply({"carriers": "A"})
+        with pytest.raises(ActuatorError) as err:
+            await act.apply({"carriers": "B"})
+        assert err.value.groups == {"carriers"} and "'nosuch0' not found" in err.value.message
+    # Traffic stays on A's table rather than on a table without its routes.
+    assert lab.rules() == {f"1000 from {SRC} lookup 100"}
+    assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
+
+
+async def test_rule_selectors_read_back(lab: Lab) -> None:
+    rules = {
+        ("g", "A"): [
+            RuleSpec(1100, 70000, dst=PREFIX, fwmark=0x10, iif=lab.if_a),  # table > 255
+            RuleSpec(1100, 70000, fwmark=0x10, family=6),
+            RuleSpec(1200, 300, iif="tgnosuch0"),  # detached until the link appears
+        ],
+        ("g", "B"): [RuleSpec(1100, 70001, fwmark=0x10, family=6)],
+    }
+    act = NetlinkActuator("r", {}, rules, netns=lab.pbx.name)
+    async with actuator(act):
+        assert await act.apply({"g": "A"})
+        assert await act.verify({"g": "A"}) and not await act.verify({"g": "B"})
+        assert await act.apply({"g": "A"}) is False
+        assert lab.rules() == {
+            f"1100 from all iif {lab.if_a} lookup 70000",
+            "1200 from all iif tgnosuch0 lookup 300",
+        }
+        assert lab.rules(v6=True) == {"1100 from all lookup 70000"}
+        assert await act.apply({"g": "B"})
+        assert lab.rules() == set() and lab.rules(v6=True) == {"1100 from all lookup 70001"}
+
+
+def test_rule_key_and_validation() -> None:
+    assert rule_key(RuleSpec(1000, 100, src=SRC6)) == (6, 1000, 100, SRC6, None, None, None)
+    assert rule_key(RuleSpec(1, 7, dst="0.0.0.0/0", fwmark=7, iif="eth0")) == (
+        4, 1, 7, None, None, 7, "eth0",
+    )
+    assert rule_key(RuleSpec(32765, 2**32 - 1, family=6))[:3] == (6, 32765, 2**32 - 1)
+    for bad in [
+        dict(priority=0, table=100),
+        dict(priority=32766, table=100),
+        dict(priority=32767, table=100),
+        dict(priority=40000, table=100),
+        dict(priority=1000, table=0),
+        dict(priority=1000, table=2**32),
+        dict(priority=1000, table=100, src="192.0.2.1/24"),
+        dict(priority=1000, table=100, src="nonsense"),
+        dict(priority=1000, table=100, src=SRC, dst=PREFIX6),
+        dict(priority=1000, table=100, src=SRC, family=6),
+        dict(priority=1000, table=100, family=5),
+        dict(priority=1000, table=100, fwmark=0),
+        dict(priority=1000, table=100, iif="x" * 16),
+    ]:
+        with pytest.raises(ValueError) as err:
+            RuleSpec(**bad)  # type: ignore[arg-type]
+        assert "\n" not in str(err.value) and "rule" in str(err.value)
+    with pytest.raises(ValueError, match="groups"):
+        NetlinkActuator(
+            "r", {}, {("g", "A"): [RuleSpec(1000, 100)], ("h", "A"): [RuleSpec(1000, 100)]}
+        )
+    with pytest.raises(ValueError, match="twice"):
+        NetlinkActuator("r", {}, {("g", "A"): [RuleSpec(1000, 100), RuleSpec(1000, 100)]})
