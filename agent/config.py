@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from agent import __version__
-from agent.act.netlink import RouteSpec, route_key
+from agent.act.netlink import RouteSpec, RuleSpec, route_key, rule_key
 from agent.core.classify import OkCodes
 from agent.core.engine import Inputs
 from agent.core.health import HealthParams
@@ -185,6 +185,7 @@ class NetlinkRoute(Strict):
     dev: str | None = None
     table: int | None = Field(None, ge=1, le=0xFFFFFFFF)
     metric: int | None = Field(None, ge=0, le=0xFFFFFFFF)
+    weight: int = Field(1, ge=1, le=256)  # this path's share in a multipath group
 
     @field_validator("dst")
     @classmethod
@@ -208,7 +209,30 @@ class NetlinkRoute(Strict):
         return self
 
     def spec(self) -> RouteSpec:
-        return RouteSpec(self.dst, self.gateway, self.dev, self.table, self.metric)
+        return RouteSpec(
+            self.dst, self.gateway, self.dev, self.table, self.metric, weight=self.weight
+        )
+
+
+class NetlinkRule(Strict):
+    """A policy routing rule (ip rule): present while its path is active."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    priority: int = Field(ge=1, le=32765)
+    table: int = Field(ge=1, le=0xFFFFFFFF)
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    fwmark: int | None = Field(None, ge=1, le=0xFFFFFFFF)
+    iif: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> NetlinkRule:
+        self.spec()  # the actuator's own checks (CIDRs, families, interface name)
+        return self
+
+    def spec(self) -> RuleSpec:
+        return RuleSpec(self.priority, self.table, self.from_, self.to, self.fwmark, self.iif)
 
 
 class CommandAction(Strict):
@@ -241,6 +265,7 @@ class DispatcherAction(Strict):
 
 class Actions(Strict):
     netlink: list[NetlinkRoute] = []
+    rules: list[NetlinkRule] = []
     command: CommandAction | None = None
     kamailio: DispatcherAction | None = None
 
@@ -767,6 +792,7 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
         if eff.fast_interval > eff.interval:
             msg = f"fast_interval {eff.fast_interval:g}s is longer than interval {eff.interval:g}s"
             problems.append(lines.problem(("trunks", name), msg))
+    rule_owner: dict[tuple[object, ...], str] = {}
     for gname, g in cfg.routes.items():
         seen: set[str] = set()
         keysets: list[tuple[int, frozenset[tuple[object, ...]]]] = []
@@ -792,10 +818,19 @@ def _cross_checks(cfg: Config, lines: _Lines) -> list[str]:
                     loc = ("routes", gname, "paths", i, "actions", "netlink")
                     msg = f"route {key[0]} (table {key[1]}) is also steered by group {other}"
                     problems.append(lines.problem(loc, msg))
+        for i, p in enumerate(g.paths):
+            for j, rc in enumerate(p.actions.rules):
+                other = rule_owner.setdefault(rule_key(rc.spec()), gname)
+                if other != gname:
+                    loc = ("routes", gname, "paths", i, "actions", "rules", j)
+                    msg = f"rule priority {rc.priority} is also steered by group {other}"
+                    problems.append(lines.problem(loc, msg))
         # Replace-only routing: every path must own the same prefixes, or a failover
-        # would leave the old path's extra routes behind.
+        # would leave the old path's extra routes behind. With policy rules each path
+        # may have its own table: the rule decides, stale routes elsewhere do no harm.
         routed = [(i, k) for i, k in keysets if k]
-        if routed and any(k != routed[0][1] for _, k in keysets):
+        has_rules = any(p.actions.rules for p in g.paths)
+        if routed and not has_rules and any(k != routed[0][1] for _, k in keysets):
             first = routed[0][0]
             for i, k in keysets:
                 if k != routed[0][1]:

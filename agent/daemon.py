@@ -26,7 +26,7 @@ from agent.act.base import Actuator
 from agent.act.command import CommandActuator, CommandSpec
 from agent.act.converge import ApplyReport, Converger
 from agent.act.kamailio import DispatcherChoice, KamailioActuator
-from agent.act.netlink import NetlinkActuator, RouteSpec
+from agent.act.netlink import NetlinkActuator, RouteSpec, RuleSpec
 from agent.act.template import TemplateActuator, TemplateSpec
 from agent.bus.mqtt import MqttPublisher, MqttSettings
 from agent.config import Config, ConfigError, load_config
@@ -85,14 +85,16 @@ class _Pending:
 
 def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
     routes: dict[tuple[str, str], list[RouteSpec]] = {}
+    rules: dict[tuple[str, str], list[RuleSpec]] = {}
     commands: dict[tuple[str, str], CommandSpec] = {}
     choices: dict[tuple[str, str], DispatcherChoice] = {}
     for gname, g in cfg.routes.items():
         for p in g.paths:
             if p.actions.netlink:
-                routes[(gname, p.name)] = [
-                    RouteSpec(r.dst, r.gateway, r.dev, r.table, r.metric) for r in p.actions.netlink
-                ]
+                routes[(gname, p.name)] = [r.spec() for r in p.actions.netlink]
+            if any(q.actions.rules for q in g.paths):
+                # Every path of a group with rules, so switching to one clears the others'.
+                rules[(gname, p.name)] = [r.spec() for r in p.actions.rules]
             if p.actions.command:
                 c = p.actions.command
                 commands[(gname, p.name)] = CommandSpec(
@@ -102,8 +104,8 @@ def build_actuators(cfg: Config, env: Mapping[str, str]) -> list[Actuator]:
                 k = p.actions.kamailio
                 choices[(gname, p.name)] = DispatcherChoice(k.setid, tuple(k.active))
     acts: list[Actuator] = []
-    if routes:
-        acts.append(NetlinkActuator("netlink", routes))
+    if routes or rules:
+        acts.append(NetlinkActuator("netlink", routes, rules))
     if commands:
         acts.append(CommandActuator("command", commands, env=env))
     ks = cfg.actuators.kamailio

@@ -94,3 +94,63 @@ def test_one_destination_in_two_groups_is_refused(tmp_path: Path) -> None:
 """
     )
     assert any("also steered by group pstn" in p for p in problems(t))
+
+
+POLICY = """\
+site: dc1
+node: sbc1
+trunks:
+  a: {uri: "sip:192.0.2.1"}
+  b: {uri: "sip:198.51.100.1"}
+routes:
+  spread:
+    mode: multipath
+    paths:
+      - name: a
+        requires: [trunk:a]
+        actions: {netlink: [{dst: 203.0.113.0/24, gateway: 192.0.2.1, weight: 3}]}
+      - name: b
+        requires: [trunk:b]
+        actions: {netlink: [{dst: 203.0.113.0/24, gateway: 198.51.100.1}]}
+  media:
+    paths:
+      - name: a
+        requires: [trunk:a]
+        actions:
+          rules: [{priority: 1000, from: 192.0.2.0/24, table: 100}]
+          netlink: [{dst: default, gateway: 192.0.2.1, table: 100}]
+      - name: b
+        requires: [trunk:b]
+        actions:
+          rules: [{priority: 1000, from: 192.0.2.0/24, table: 200}]
+          netlink: [{dst: default, gateway: 198.51.100.1, table: 200}]
+"""
+
+
+def test_multipath_and_policy_rules_are_built() -> None:
+    cfg = parse_config(POLICY)
+    spread, media = cfg.group_specs()
+    assert spread.mode == "multipath" and media.mode == "failover"
+    assert cfg.routes["spread"].paths[0].actions.netlink[0].spec().weight == 3
+    rule = cfg.routes["media"].paths[1].actions.rules[0].spec()
+    assert (rule.priority, rule.table, rule.src) == (1000, 200, "192.0.2.0/24")
+    assert [a.name for a in build_actuators(cfg, {})] == ["netlink"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ("weight: 3", "weight: 300", "less than or equal to 256"),
+        ("priority: 1000, from: 192.0.2.0/24, table: 200", "priority: 32766, table: 200", "32765"),
+        ("from: 192.0.2.0/24, table: 100", "from: 192.0.2.1/24, table: 100", "rules[0]"),
+        (
+            "requires: [trunk:b]\n        actions: {netlink",
+            "requires: [trunk:b]\n        actions: {command: {argv: [/bin/true]}, netlink",
+            "multipath group steers kernel routes only",
+        ),
+    ],
+)
+def test_bad_policy_config(old: str, new: str, want: str) -> None:
+    assert old in POLICY
+    found = problems(POLICY.replace(old, new, 1))
+    assert any(want in p for p in found), found
