@@ -28,7 +28,7 @@ from agent.act.kamailio import (
     UnixRpc,
     parse_rpc,
 )
-from tests.lib import calls, procs
+from tests.lib import calls, procs, sipp
 from tests.lib.kamailio import SBC_LIST, Sbc, sbc, write_ds_list
 from tests.lib.netns import Netns
 from tests.lib.sipp import options_responder
@@ -411,14 +411,9 @@ Content-Length: 0
 def carrier(tmp: Path, port: int, code: int) -> Iterator[None]:
     """sipp answering every INVITE on 127.0.0.1:port with `code`."""
     reason = {200: "OK", 503: "Service Unavailable"}[code]
-    scen = tmp / f"carrier_{port}.xml"
-    scen.write_text(CARRIER.format(code=code, reason=reason, rest=BYE if code == 200 else ""))
-    argv = ["sipp", "-sf", str(scen), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
-            "-bind_local", "-mi", "127.0.0.1", "-mp", str(procs.free_port()),
-            "-max_recv_loops", "1000"]
-    with procs.started(argv, log=tmp / f"carrier_{port}.log") as proc:
-        procs.wait_for(lambda: procs.udp_bound(port) or proc.poll() is not None, 10, "carrier")
-        assert proc.poll() is None, (tmp / f"carrier_{port}.log").read_text()[-500:]
+    text = CARRIER.format(code=code, reason=reason, rest=BYE if code == 200 else "")
+    ip = "127.0.0.1"
+    with sipp.uas(tmp, f"carrier_{port}", text, ip, port, media_port=procs.free_port()):
         yield
 
 
@@ -497,8 +492,15 @@ async def test_in_a_namespace_over_the_datagram_socket(tmp_path: Path) -> None:
         ns.ip("addr", "add", "10.255.0.1/32", "dev", "lo")
         a, b = "sip:10.255.0.7:5060", "sip:10.255.0.8:5060"
         ds_list = write_ds_list(tmp_path / "dispatcher.list", [(1, a, 0, 1, ""), (1, b, 0, 0, "")])
-        with sbc(tmp_path, ds_list, sip_ip="10.255.0.1", sip_port=5060, rpc_port=5071,
-                 netns=ns.name, DS_PING_INTERVAL=0) as k:
+        with sbc(
+            tmp_path,
+            ds_list,
+            sip_ip="10.255.0.1",
+            sip_port=5060,
+            rpc_port=5071,
+            netns=ns.name,
+            DS_PING_INTERVAL=0,
+        ) as k:
             assert k.http_url == "http://10.255.0.1:5071/RPC"  # from inside the namespace
             choices = {("g", "a"): DispatcherChoice(1, (a,)), ("g", "b"): DispatcherChoice(1, (b,))}
             act = KamailioActuator("kam", k.unix_url, choices)
@@ -551,9 +553,20 @@ async def test_refused_activation_keeps_the_old_destination_on() -> None:
     """Make-before-break when Kamailio refuses a write (here a scripted JSON-RPC peer:
     a real Kamailio refuses only what changed under our feet, e.g. a reload)."""
     a, b, dup = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
-    listing = {"NRSETS": 1, "RECORDS": [{"SET": {"ID": 1, "TARGETS": [
-        {"DEST": {"URI": u, "FLAGS": f, "PRIORITY": 0}}
-        for u, f in ((a, "AP"), (b, "DX"), (dup, "AX"), (dup, "AX"))]}}]}
+    listing = {
+        "NRSETS": 1,
+        "RECORDS": [
+            {
+                "SET": {
+                    "ID": 1,
+                    "TARGETS": [
+                        {"DEST": {"URI": u, "FLAGS": f, "PRIORITY": 0}}
+                        for u, f in ((a, "AP"), (b, "DX"), (dup, "AX"), (dup, "AX"))
+                    ],
+                }
+            }
+        ],
+    }
     seen: list[tuple[str, list[object]]] = []
 
     async def peer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -660,7 +673,8 @@ def test_construction_errors() -> None:
     one = DispatcherChoice(1, ("sip:127.0.0.1:5060",))
     with pytest.raises(ValueError, match="in groups g1 and g2"):
         KamailioActuator(
-            "kam", "unix:/run/k.sock",
+            "kam",
+            "unix:/run/k.sock",
             {("g1", "p"): one, ("g2", "p"): DispatcherChoice(1, ("SIP:127.0.0.1:5060",))},
         )
     with pytest.raises(ValueError, match="off_state"):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lib import procs
+from tests.lib import procs, sipp
 
 # One UAS answers both: OPTIONS from the agent's or Kamailio's probes, INVITE from calls.
 CARRIER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -182,38 +182,8 @@ def carrier(
     tmp: Path, ip: str, port: int, netns: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """sipp answering calls (and OPTIONS) on ip:port."""
-    scen = tmp / "carrier.xml"
-    scen.write_text(CARRIER)
-    argv = [
-        "sipp",
-        "-sf",
-        str(scen),
-        "-i",
-        ip,
-        "-p",
-        str(port),
-        "-nostdin",
-        "-bind_local",
-        "-mi",
-        ip,
-        "-mp",
-        str(port + 10000),
-        "-max_recv_loops",
-        "1000",
-        "-trace_err",
-        "-error_file",
-        str(tmp / f"carrier_{ip}_{port}.err"),
-    ]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    with procs.started(argv, log=tmp / f"carrier_{ip}_{port}.log") as proc:
-        procs.wait_for(
-            lambda: procs.udp_bound(port, netns) or proc.poll() is not None, 10, f"carrier {ip}"
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"carrier sipp exited: {(tmp / f'carrier_{ip}_{port}.log').read_text()[-500:]}"
-            )
+    name = f"carrier_{ip}_{port}"
+    with sipp.uas(tmp, name, CARRIER, ip, port, netns=netns, media_port=port + 10000) as proc:
         yield proc
 
 

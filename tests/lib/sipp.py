@@ -32,36 +32,45 @@ REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 503: "Service Unavaila
 
 
 @contextmanager
-def options_responder(
-    tmp: Path, ip: str, port: int, code: int = 200, netns: str | None = None
+def uas(
+    tmp: Path,
+    name: str,
+    scenario: str,
+    ip: str,
+    port: int,
+    *,
+    netns: str | None = None,
+    media_port: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start sipp as a UAS that answers every OPTIONS with `code`; waits until it listens."""
-    scen = tmp / f"options_{code}_{port}.xml"
-    scen.write_text(SCENARIO.format(code=code, reason=REASONS.get(code, "Whatever")))
-    argv = [
-        "sipp",
-        "-sf",
-        str(scen),
-        "-i",
-        ip,
-        "-p",
-        str(port),
-        "-nostdin",
-        "-bind_local",
-        "-trace_err",
-        "-error_file",
-        str(tmp / f"sipp_{port}.err"),
-        "-max_recv_loops",
-        "1000",
-    ]
+    """Start sipp as a UAS running `scenario` on ip:port; waits until it listens.
+
+    Files go to tmp as <name>.xml, <name>.log and <name>.err; media_port binds sipp's
+    media socket (for scenarios with SDP) instead of its default."""
+    scen = tmp / f"{name}.xml"
+    scen.write_text(scenario)
+    argv = ["sipp", "-sf", str(scen), "-i", ip, "-p", str(port), "-nostdin", "-bind_local"]
+    if media_port is not None:
+        argv += ["-mi", ip, "-mp", str(media_port)]
+    argv += ["-max_recv_loops", "1000", "-trace_err", "-error_file", str(tmp / f"{name}.err")]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    with procs.started(argv, log=tmp / f"sipp_{port}.log") as proc:
+    log = tmp / f"{name}.log"
+    with procs.started(argv, log=log) as proc:
         procs.wait_for(
             lambda: procs.udp_bound(port, netns) or proc.poll() is not None,
             10,
             f"sipp on {ip}:{port}",
         )
         if proc.poll() is not None:
-            raise RuntimeError(f"sipp exited: {(tmp / f'sipp_{port}.log').read_text()[-500:]}")
+            raise RuntimeError(f"sipp exited: {log.read_text()[-500:]}")
+        yield proc
+
+
+@contextmanager
+def options_responder(
+    tmp: Path, ip: str, port: int, code: int = 200, netns: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start sipp as a UAS that answers every OPTIONS with `code`; waits until it listens."""
+    text = SCENARIO.format(code=code, reason=REASONS.get(code, "Whatever"))
+    with uas(tmp, f"options_{code}_{port}", text, ip, port, netns=netns) as proc:
         yield proc
