@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,50 +26,11 @@ sys.path.insert(0, str(ROOT))
 from agent.core.health import HealthParams, detection_bound  # noqa: E402
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
+from tests.lib.ipmonitor import IpMonitor, route_via  # noqa: E402
 from tests.lib.topology import GW_A, GW_B, PREFIX, two_carriers  # noqa: E402
 
 SETTINGS = {"interval": 1.0, "fast_interval": 0.2, "timeout": 0.5, "rise": 2, "fall": 3}
 APPLY_ALLOWANCE = 0.010  # decision to applied, the issue's target for netlink
-
-
-class RouteWatch:
-    """`ip monitor route` in a namespace; remembers when each gateway was installed."""
-
-    def __init__(self, netns: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.seen: list[tuple[float, str]] = []
-        self.cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.monotonic()
-            if line.startswith(PREFIX) and " via " in line:
-                gw = line.split(" via ")[1].split()[0]
-                with self.cv:
-                    self.seen.append((now, gw))
-                    self.cv.notify_all()
-
-    def wait(self, gw: str, after: float, timeout: float) -> float:
-        end = time.monotonic() + timeout
-        with self.cv:
-            while True:
-                for t, g in self.seen:
-                    if g == gw and t >= after:
-                        return t
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"route via {gw} not seen")
-                self.cv.wait(left)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-
-
 
 
 def main() -> int:
@@ -89,7 +48,7 @@ def main() -> int:
     decision_to_applied: list[float] = []
     with tempfile.TemporaryDirectory() as d, two_carriers(Path(d)) as lab:
         cfg = lab.config(hold="1s", interval="1s", fast="200ms", timeout="500ms", rise=2, fall=3)
-        watch = RouteWatch(lab.agent.name)
+        watch = IpMonitor(lab.agent.name, ["route"], route_via(PREFIX))
         agent = Agent(cfg, netns=lab.agent.name)
         try:
             agent.wait_for(agent.applied("carrier-a"), 15, "initial route")
@@ -99,7 +58,7 @@ def main() -> int:
                 mark = agent.mark()
                 t0 = time.monotonic()
                 lab.carrier_a.drop_udp_in(5060)
-                t_route = watch.wait(GW_B, t0, 10)
+                t_route = watch.wait(f"via {GW_B}", t0, 10)
                 applied = agent.wait_for(agent.applied("carrier-b"), 5, "applied", since=mark)
                 silence_to_route.append(t_route - t0)
                 decision_to_applied.append(applied["apply_ms"] / 1000)
@@ -111,7 +70,7 @@ def main() -> int:
                 mark = agent.mark()
                 t1 = time.monotonic()
                 lab.carrier_a.undrop()
-                watch.wait(GW_A, t1, 15)
+                watch.wait(f"via {GW_A}", t1, 15)
                 agent.wait_for(agent.applied("carrier-a"), 5, "failback", since=mark)
         finally:
             agent.stop()

@@ -19,10 +19,8 @@ Prints a table and writes bench/results/link_failover.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,56 +29,23 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
+from tests.lib.ipmonitor import Classify, IpMonitor, route_via  # noqa: E402
 from tests.lib.topology import GW_A, GW_B, PREFIX, Lab, two_carriers  # noqa: E402
 
 TARGET_P95 = 0.050
 MIN_GAP = 1.2
 
 
-class Monitor:
-    """`ip monitor link route`: when uplink A lost carrier, when each gateway was routed."""
+def carrier_loss_or_route(ifname: str) -> Classify:
+    """'nocarrier' when `ifname` loses carrier, 'via <gw>' when PREFIX is routed."""
+    via = route_via(PREFIX)
 
-    def __init__(self, netns: str, ifname: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "-n", netns, "monitor", "link", "route"],
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.ifname = ifname
-        self.events: list[tuple[float, str]] = []  # (time, "nocarrier" | "via <gw>")
-        self.cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+    def classify(line: str) -> str | None:
+        if f" {ifname}@" in line and "NO-CARRIER" in line:
+            return "nocarrier"
+        return None if line.startswith("Deleted") else via(line)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.monotonic()
-            what = None
-            if f" {self.ifname}@" in line and "NO-CARRIER" in line:
-                what = "nocarrier"
-            elif line.startswith(PREFIX) and " via " in line and not line.startswith("Deleted"):
-                what = "via " + line.split(" via ")[1].split()[0]
-            if what:
-                with self.cv:
-                    self.events.append((now, what))
-                    self.cv.notify_all()
-
-    def wait(self, what: str, after: float, timeout: float) -> float:
-        end = time.monotonic() + timeout
-        with self.cv:
-            while True:
-                for t, w in self.events:
-                    if w == what and t >= after:
-                        return t
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{what} not seen")
-                self.cv.wait(left)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+    return classify
 
 
 def config(lab: Lab, links: bool) -> Path:
@@ -119,7 +84,7 @@ routes:
 
 def run_trials(lab: Lab, links: bool, trials: int, announce: list[float]) -> list[float]:
     if_a, peer_a = lab.links["a"]
-    mon = Monitor(lab.agent.name, if_a)
+    mon = IpMonitor(lab.agent.name, ["link", "route"], carrier_loss_or_route(if_a))
     agent = Agent(config(lab, links), netns=lab.agent.name)
     out: list[float] = []
     last_event = 0.0
