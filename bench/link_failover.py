@@ -48,44 +48,10 @@ def carrier_loss_or_route(ifname: str) -> Classify:
     return classify
 
 
-def config(lab: Lab, links: bool) -> Path:
-    if_a, if_b = lab.links["a"][0], lab.links["b"][0]
-    link_text = f"""\
-links:
-  uplink-a: {{interface: {if_a}, gateway: {GW_A}, up_hold: 1s}}
-  uplink-b: {{interface: {if_b}, gateway: {GW_B}, up_hold: 1s}}
-"""
-    dep_a = ", depends_on: [link:uplink-a]" if links else ""
-    dep_b = ", depends_on: [link:uplink-b]" if links else ""
-    text = f"""\
-site: lab
-node: agent
-control: {{socket: {lab.tmp}/control.sock}}
-metrics: null
-probe: {{interval: 1s, fast_interval: 200ms, timeout: 500ms, rise: 2, fall: 3}}
-{link_text if links else ""}trunks:
-  carrier-a: {{uri: "sip:{GW_A}:5060"{dep_a}}}
-  carrier-b: {{uri: "sip:{GW_B}:5060"{dep_b}}}
-routes:
-  outbound:
-    hold: 1s
-    paths:
-      - name: carrier-a
-        requires: [trunk:carrier-a]
-        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_A}}}]}}
-      - name: carrier-b
-        requires: [trunk:carrier-b]
-        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_B}}}]}}
-"""
-    path = lab.tmp / ("links.yaml" if links else "probes.yaml")
-    path.write_text(text)
-    return path
-
-
 def run_trials(lab: Lab, links: bool, trials: int, announce: list[float]) -> list[float]:
     if_a, peer_a = lab.links["a"]
     mon = IpMonitor(lab.agent.name, ["link", "route"], carrier_loss_or_route(if_a))
-    agent = Agent(config(lab, links), netns=lab.agent.name)
+    agent = Agent(lab.config(hold="1s", links=links), netns=lab.agent.name)
     out: list[float] = []
     last_event = 0.0
     try:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.lib import procs
 from tests.lib.agentproc import Agent, cli
-from tests.lib.topology import GW_A, GW_B, PREFIX, Lab, two_carriers
+from tests.lib.topology import GW_A, GW_B, Lab, two_carriers
 
 pytestmark = pytest.mark.integration
 
@@ -20,39 +20,14 @@ MGMT = "198.18.0.0/24"  # a route through uplink A that no failover decision mov
 
 
 def config(lab: Lab) -> Path:
-    if_a, if_b = lab.links["a"][0], lab.links["b"][0]
-    text = f"""\
-site: lab
-node: agent
-state_dir: {lab.tmp}/state
-control: {{socket: {lab.tmp}/control.sock}}
-metrics: null
-probe: {{interval: 1s, fast_interval: 200ms, timeout: 500ms, rise: 2, fall: 3}}
-actuators: {{drift_interval: 1m, backoff_max: 1m}}
-links:
-  uplink-a: {{interface: {if_a}, gateway: {GW_A}, up_hold: 1s}}
-  uplink-b: {{interface: {if_b}, gateway: {GW_B}, up_hold: 1s}}
-trunks:
-  carrier-a: {{uri: "sip:{GW_A}:5060", depends_on: [link:uplink-a]}}
-  carrier-b: {{uri: "sip:{GW_B}:5060", depends_on: [link:uplink-b]}}
-routes:
-  outbound:
-    hold: 1s
-    paths:
-      - name: carrier-a
-        requires: [trunk:carrier-a]
-        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_A}}}]}}
-      - name: carrier-b
-        requires: [trunk:carrier-b]
-        actions: {{netlink: [{{dst: {PREFIX}, gateway: {GW_B}}}]}}
+    mgmt = f"""\
   mgmt:
     paths:
       - name: via-a
         actions: {{netlink: [{{dst: {MGMT}, gateway: {GW_A}}}]}}
+actuators: {{drift_interval: 1m, backoff_max: 1m}}
 """
-    path = lab.tmp / "trunkguard.yaml"
-    path.write_text(text)
-    return path
+    return lab.config(hold="1s", links=True, extra=mgmt)
 
 
 def route_present(lab: Lab, prefix: str) -> bool:

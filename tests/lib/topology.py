@@ -35,8 +35,23 @@ class Lab:
         timeout: str = "500ms",
         rise: int = 2,
         fall: int = 3,
+        links: bool = False,
         extra: str = "",
     ) -> Path:
+        """The agent's config; links=True also watches both uplinks (up_hold 1s) and
+        makes each trunk depend on its own. `extra` is appended (under routes: first)."""
+        if_a, if_b = (self.links[k][0] for k in ("a", "b")) if links else ("", "")
+        link_text = (
+            f"""\
+links:
+  uplink-a: {{interface: {if_a}, gateway: {GW_A}, up_hold: 1s}}
+  uplink-b: {{interface: {if_b}, gateway: {GW_B}, up_hold: 1s}}
+"""
+            if links
+            else ""
+        )
+        dep_a = ", depends_on: [link:uplink-a]" if links else ""
+        dep_b = ", depends_on: [link:uplink-b]" if links else ""
         text = f"""\
 site: lab
 node: agent
@@ -45,9 +60,9 @@ control: {{socket: {self.tmp}/control.sock}}
 metrics: {{listen: "127.0.0.1:9464"}}
 probe:
   {{interval: {interval}, fast_interval: {fast}, timeout: {timeout}, rise: {rise}, fall: {fall}}}
-trunks:
-  carrier-a: {{uri: "sip:{GW_A}:5060"}}
-  carrier-b: {{uri: "sip:{GW_B}:5060"}}
+{link_text}trunks:
+  carrier-a: {{uri: "sip:{GW_A}:5060"{dep_a}}}
+  carrier-b: {{uri: "sip:{GW_B}:5060"{dep_b}}}
 routes:
   outbound:
     failback: auto
