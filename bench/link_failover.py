@@ -19,6 +19,7 @@ Prints a table and writes bench/results/link_failover.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +52,8 @@ def carrier_loss_or_route(ifname: str) -> Classify:
 def run_trials(lab: Lab, links: bool, trials: int, announce: list[float]) -> list[float]:
     if_a, peer_a = lab.links["a"]
     mon = IpMonitor(lab.agent.name, ["link", "route"], carrier_loss_or_route(if_a))
+    # A fresh agent for each variant, not a restart that restores the last one's routing.
+    shutil.rmtree(lab.tmp / "state", ignore_errors=True)
     agent = Agent(lab.config(hold="1s", links=links), netns=lab.agent.name)
     out: list[float] = []
     last_event = 0.0
