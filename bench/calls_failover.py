@@ -33,7 +33,7 @@ from agent.core.health import HealthParams, detection_bound  # noqa: E402
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib import calls, procs  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
-from tests.lib.calllab import CALL_MS, RATE, SBC_IP, URI_A, CallLab, call_lab  # noqa: E402
+from tests.lib.calllab import CALL_MS, RATE, URI_A, CallLab, call_lab  # noqa: E402
 
 PRE, POST = 2.0, 2.0
 PHASE = random.Random(1)
@@ -49,15 +49,7 @@ def trial(lab: CallLab, agent: Agent | None, tmp: Path) -> dict[str, Any]:
     """One outage: calls before, during and after; returns its numbers."""
     tmp.mkdir()
     started = time.time()
-    with calls.caller(
-        tmp,
-        f"{SBC_IP}:5060",
-        ip=SBC_IP,
-        rate=RATE,
-        duration_ms=CALL_MS,
-        calls=RATE * 120,
-        netns=lab.sbc_ns.name,
-    ) as caller:
+    with lab.caller(tmp, RATE * 120) as caller:
         # Calls flow through A; the silence then starts at a random phase of the probe
         # interval (the caller's own pace and the phase, not a synchronisation).
         time.sleep(PRE + PHASE.uniform(0.0, 1.0))
@@ -116,8 +108,6 @@ def run_mode(name: str, trials: int, tmp: Path, **defines: int) -> list[dict[str
             if agent:
                 agent.stop()
     return out
-
-
 
 
 def main() -> int:

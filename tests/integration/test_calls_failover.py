@@ -21,7 +21,7 @@ import pytest
 
 from tests.lib import calls, procs
 from tests.lib.agentproc import Agent, Event
-from tests.lib.calllab import CALL_MS, RATE, SBC_IP, URI_A, URI_B, CallLab, call_lab
+from tests.lib.calllab import RATE, URI_A, URI_B, CallLab, call_lab
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,7 @@ def test_calls_survive_a_carrier_failure_through_kamailio(tmp_path: Path) -> Non
 
             total = RATE * 18
             started = time.time()
-            with calls.caller(
-                tmp_path,
-                f"{SBC_IP}:5060",
-                ip=SBC_IP,
-                rate=RATE,
-                duration_ms=CALL_MS,
-                calls=total,
-                netns=lab.sbc_ns.name,
-            ) as caller:
+            with lab.caller(tmp_path, total) as caller:
 
                 def answered() -> int:
                     return sum(o.what == "ANSWERED" for o in caller.outcomes())

@@ -5,7 +5,7 @@ Shared by tests/integration/test_calls_failover.py and bench/calls_failover.py."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,18 @@ class CallLab:
     carrier_b: Netns
     kamailio: Sbc
     tmp: Path
+
+    def caller(self, tmp: Path, total: int) -> AbstractContextManager[calls.Caller]:
+        """The caller in the SBC namespace: `total` calls at RATE, CALL_MS each."""
+        return calls.caller(
+            tmp,
+            f"{SBC_IP}:5060",
+            ip=SBC_IP,
+            rate=RATE,
+            duration_ms=CALL_MS,
+            calls=total,
+            netns=self.sbc_ns.name,
+        )
 
     def agent_config(self, hold: str = "2s") -> Path:
         text = f"""\
