@@ -29,11 +29,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.core.health import HealthParams, detection_bound  # noqa: E402
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib import calls, procs  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
 from tests.lib.calllab import CALL_MS, RATE, URI_A, CallLab, call_lab  # noqa: E402
+from trunkguard.core.health import HealthParams, detection_bound  # noqa: E402
 
 PRE, POST = 2.0, 2.0
 PHASE = random.Random(1)

@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.core.health import HealthParams, detection_bound  # noqa: E402
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
 from tests.lib.ipmonitor import IpMonitor, route_via  # noqa: E402
 from tests.lib.topology import GW_A, GW_B, PREFIX, two_carriers  # noqa: E402
+from trunkguard.core.health import HealthParams, detection_bound  # noqa: E402
 
 SETTINGS = {"interval": 1.0, "fast_interval": 0.2, "timeout": 0.5, "rise": 2, "fall": 3}
 APPLY_ALLOWANCE = 0.010  # decision to applied, the target for netlink

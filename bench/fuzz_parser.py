@@ -106,9 +106,9 @@ def _child(target: str, libfuzzer_args: list[str]) -> None:
 
     atheris.enabled_hooks.add("RegEx")  # feed re pattern matches to libFuzzer's comparisons
     atheris.enabled_hooks.add("str")
-    with atheris.instrument_imports(include=["agent"]):
-        from agent.sip.message import SipRequest, SipResponse, parse_request, parse_response
-        from agent.sip.uri import SipUri, parse_uri
+    with atheris.instrument_imports(include=["trunkguard"]):
+        from trunkguard.sip.message import SipRequest, SipResponse, parse_request, parse_response
+        from trunkguard.sip.uri import SipUri, parse_uri
 
     def one_response(data: bytes) -> None:
         r = parse_response(data)
@@ -174,9 +174,9 @@ def _run_target(target: str, runs: int, work: Path, timeout_s: int) -> dict[str,
     return {
         "target": target,
         "function": {
-            "response": "agent.sip.message.parse_response",
-            "request": "agent.sip.message.parse_request",
-            "uri": "agent.sip.uri.parse_uri",
+            "response": "trunkguard.sip.message.parse_response",
+            "request": "trunkguard.sip.message.parse_request",
+            "uri": "trunkguard.sip.uri.parse_uri",
         }[target],
         "contract": "may raise ValueError only" if target == "uri" else "never raises",
         "executions": executed,

@@ -88,8 +88,6 @@ def run_trials(lab: Lab, links: bool, trials: int, announce: list[float]) -> lis
     return out
 
 
-
-
 def summary(xs: list[float]) -> dict[str, float]:
     return {"p50": pct(xs, 50), "p95": pct(xs, 95), "max": max(xs), "min": min(xs)}
 

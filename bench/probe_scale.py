@@ -210,8 +210,6 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
     return prev_le
 
 
-
-
 # ---- the agent --------------------------------------------------------------------------
 
 
@@ -238,7 +236,7 @@ def measure_agent(
     metrics_port = free_port(socket.SOCK_STREAM)
     cfg = write_config(tmp, trunks, kam_port, metrics_port)
     log = tmp / f"agent_{trunks}.log"
-    argv = [sys.executable, "-m", "agent", "run", "-c", str(cfg)]
+    argv = [sys.executable, "-m", "trunkguard", "run", "-c", str(cfg)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -1,6 +1,6 @@
 """Micro-benchmark: CPU per probe of UdpProber's hot path, before and after.
 
-"before" is agent/sip/prober.py (and the agent/sip/message.py it used) as committed at
+"before" is agent/trunkguard/sip/prober.py (and the sip/message.py it used) as committed at
 --before-rev (HEAD), copied from `git show REV:...` into a temporary directory and imported as
 separate modules; "after" is the working tree. Both answer to the same responder:
 agent.sip.uas.OptionsResponder on 127.0.0.1, answering 200 OK.
@@ -52,9 +52,9 @@ from typing import Any, Protocol
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.core.events import ProbeOutcome  # noqa: E402
-from agent.sip import prober as after_module  # noqa: E402
-from agent.sip.uas import OptionsResponder  # noqa: E402
+from trunkguard.core.events import ProbeOutcome  # noqa: E402
+from trunkguard.sip import prober as after_module  # noqa: E402
+from trunkguard.sip.uas import OptionsResponder  # noqa: E402
 
 RCVBUF = 4 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -68,20 +68,22 @@ def big_rcvbuf(sock: socket.socket) -> None:
 
 
 def git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["git", *argv], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def load_before(tmp: Path, rev: str) -> ModuleType:
     """rev's prober.py, importing rev's message.py, as modules of their own."""
+
     def show(path: str) -> str:
         return git("show", f"{rev}:{path}")
 
-    (tmp / "tg_before_message.py").write_text(show("agent/sip/message.py"))
-    source = show("agent/sip/prober.py")
-    patched = source.replace("from agent.sip.message import", "from tg_before_message import")
+    (tmp / "tg_before_message.py").write_text(show("agent/trunkguard/sip/message.py"))
+    source = show("agent/trunkguard/sip/prober.py")
+    patched = source.replace("from trunkguard.sip.message import", "from tg_before_message import")
     if patched == source:
-        raise SystemExit(f"{rev}'s prober.py does not import agent.sip.message: update bench")
+        raise SystemExit(f"{rev}'s prober.py does not import trunkguard.sip.message: update bench")
     (tmp / "tg_before_prober.py").write_text(patched)
     sys.path.insert(0, str(tmp))
     module: ModuleType | None = None
@@ -98,8 +100,9 @@ def load_before(tmp: Path, rev: str) -> ModuleType:
 class Prober(Protocol):
     _socks: dict[int, socket.socket]
 
-    def probe(self, host: str, port: int, *, request_uri: str,
-              timeout: float) -> Awaitable[ProbeOutcome]: ...
+    def probe(
+        self, host: str, port: int, *, request_uri: str, timeout: float
+    ) -> Awaitable[ProbeOutcome]: ...
 
     def close(self) -> None: ...
 
@@ -216,13 +219,17 @@ class Run:
     retransmits: int = 0
 
 
-async def drive_tasks(prober: Prober, port: int, uris: list[str], count: int, inflight: int,
-                      outcomes: Counter[str]) -> None:
+async def drive_tasks(
+    prober: Prober, port: int, uris: list[str], count: int, inflight: int, outcomes: Counter[str]
+) -> None:
     """One task per probe, as a scheduler built on probe() does."""
     for first in range(0, count, inflight):
-        tasks = [asyncio.ensure_future(prober.probe("127.0.0.1", port, timeout=2.0,
-                                                    request_uri=uris[i % len(uris)]))
-                 for i in range(first, min(first + inflight, count))]
+        tasks = [
+            asyncio.ensure_future(
+                prober.probe("127.0.0.1", port, timeout=2.0, request_uri=uris[i % len(uris)])
+            )
+            for i in range(first, min(first + inflight, count))
+        ]
         for out in await asyncio.gather(*tasks):
             outcomes[out.reason] += 1
 
@@ -241,24 +248,36 @@ class Batch:
             self.done.set_result(None)
 
 
-async def drive_send(prober: after_module.UdpProber, port: int, uris: list[str], count: int,
-                     inflight: int, outcomes: Counter[str]) -> None:
+async def drive_send(
+    prober: after_module.UdpProber,
+    port: int,
+    uris: list[str],
+    count: int,
+    inflight: int,
+    outcomes: Counter[str],
+) -> None:
     """The callback API: no task and no future per probe."""
     send = prober.send
     for first in range(0, count, inflight):
         last = min(first + inflight, count)
         batch = Batch(last - first, outcomes)
         for i in range(first, last):
-            send("127.0.0.1", port, request_uri=uris[i % len(uris)], timeout=2.0,
-                 on_done=batch.on_done)
+            send(
+                "127.0.0.1",
+                port,
+                request_uri=uris[i % len(uris)],
+                timeout=2.0,
+                on_done=batch.on_done,
+            )
         await batch.done
 
 
 Driver = Callable[[Any, int, list[str], int, int, Counter[str]], Awaitable[None]]
 
 
-async def measure(make: Callable[[], Prober], driver: Driver, responder: Responder,
-                  args: argparse.Namespace) -> Run:
+async def measure(
+    make: Callable[[], Prober], driver: Driver, responder: Responder, args: argparse.Namespace
+) -> Run:
     uris = [f"sip:t{i:05d}@127.0.0.1:{responder.port}" for i in range(args.trunks)]
     prober = make()
     run = Run(probes=args.probes)
@@ -282,13 +301,15 @@ async def measure(make: Callable[[], Prober], driver: Driver, responder: Respond
 
 async def raw_client(responder: Responder, args: argparse.Namespace) -> Run:
     """Responder-only baseline: pre-built requests from a bare socket, answers only counted."""
-    template = ("OPTIONS sip:t{i:05d}@127.0.0.1:{port} SIP/2.0\r\n"
-                "Via: SIP/2.0/UDP 127.0.0.1:{me};rport;branch=z9hG4bK{i:024x}\r\n"
-                "Max-Forwards: 70\r\nFrom: <sip:trunkguard@127.0.0.1>;tag={i:016x}\r\n"
-                "To: <sip:t{i:05d}@127.0.0.1:{port}>\r\nCall-ID: {i:024x}@127.0.0.1\r\n"
-                "CSeq: 1 OPTIONS\r\nContact: <sip:trunkguard@127.0.0.1:{me}>\r\n"
-                "Accept: application/sdp\r\nUser-Agent: trunkguard/bench\r\n"
-                "Content-Length: 0\r\n\r\n")
+    template = (
+        "OPTIONS sip:t{i:05d}@127.0.0.1:{port} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:{me};rport;branch=z9hG4bK{i:024x}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:trunkguard@127.0.0.1>;tag={i:016x}\r\n"
+        "To: <sip:t{i:05d}@127.0.0.1:{port}>\r\nCall-ID: {i:024x}@127.0.0.1\r\n"
+        "CSeq: 1 OPTIONS\r\nContact: <sip:trunkguard@127.0.0.1:{me}>\r\n"
+        "Accept: application/sdp\r\nUser-Agent: trunkguard/bench\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
@@ -296,8 +317,9 @@ async def raw_client(responder: Responder, args: argparse.Namespace) -> Run:
     sock.bind(("127.0.0.1", 0))
     me = sock.getsockname()[1]
     dest = ("127.0.0.1", responder.port)
-    requests = [template.format(i=i, port=responder.port, me=me).encode()
-                for i in range(args.probes)]
+    requests = [
+        template.format(i=i, port=responder.port, me=me).encode() for i in range(args.probes)
+    ]
     run = Run(probes=args.probes)
     got = 0
     waiter: asyncio.Future[None] | None = None
@@ -341,8 +363,9 @@ def us(seconds: float | None, n: int) -> float | None:
     return None if seconds is None else round(seconds / n * 1e6, 2)
 
 
-async def layout_runs(layout: str, before: ModuleType, args: argparse.Namespace
-                      ) -> dict[str, list[Run]]:
+async def layout_runs(
+    layout: str, before: ModuleType, args: argparse.Namespace
+) -> dict[str, list[Run]]:
     def make_before() -> Prober:
         return before.UdpProber(user_agent="trunkguard/bench")  # type: ignore[no-any-return]
 
@@ -394,9 +417,12 @@ def main() -> None:
     ap.add_argument("--trunks", type=int, default=2_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--layout", default="inproc,subprocess")
-    ap.add_argument("--before-rev", default="HEAD",
-                    help="git revision whose agent/sip/prober.py is 'before' (default HEAD; "
-                         "once this work is committed, pass the commit before it)")
+    ap.add_argument(
+        "--before-rev",
+        default="HEAD",
+        help="git revision whose agent/trunkguard/sip/prober.py is 'before' (default HEAD; "
+        "once this work is committed, pass the commit before it)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/prober_hotpath.json")
     args = ap.parse_args()
     results: dict[str, dict[str, Any]] = {}
@@ -407,20 +433,31 @@ def main() -> None:
             results[layout] = {name: summarise(r) for name, r in runs.items()}
 
     for layout, table in results.items():
-        print(f"\n{layout}: µs of CPU per probe (median of {args.repeat} runs of "
-              f"{args.probes} probes, {args.inflight} in flight)")
+        print(
+            f"\n{layout}: µs of CPU per probe (median of {args.repeat} runs of "
+            f"{args.probes} probes, {args.inflight} in flight)"
+        )
         base = table["responder only"]
-        print(f"  {'mode':<16} {'this process':>12} {'minus resp.':>12} {'responder':>10} "
-              f"{'wall s':>7}  outcomes")
+        print(
+            f"  {'mode':<16} {'this process':>12} {'minus resp.':>12} {'responder':>10} "
+            f"{'wall s':>7}  outcomes"
+        )
         for name, row in table.items():
             mine = row["cpu_us_per_probe"]
             resp = row["responder_cpu_us_per_probe"]
-            net = "" if layout == "subprocess" or name == "responder only" else (
-                f"{mine - base['cpu_us_per_probe']:.2f}")
-            print(f"  {name:<16} {mine:>12.2f} {net:>12} {'' if resp is None else resp:>10} "
-                  f"{row['wall_s']:>7}  {row['outcomes']} retx={row['retransmits']}")
-        b, a, s = (table[m]["cpu_us_per_probe"] for m in
-                   ("before probe()", "after probe()", "after send()"))
+            net = (
+                ""
+                if layout == "subprocess" or name == "responder only"
+                else (f"{mine - base['cpu_us_per_probe']:.2f}")
+            )
+            print(
+                f"  {name:<16} {mine:>12.2f} {net:>12} {'' if resp is None else resp:>10} "
+                f"{row['wall_s']:>7}  {row['outcomes']} retx={row['retransmits']}"
+            )
+        b, a, s = (
+            table[m]["cpu_us_per_probe"]
+            for m in ("before probe()", "after probe()", "after send()")
+        )
         print(f"  speed-up: probe() {b / a:.2f}x, send() {b / s:.2f}x")
 
     doc = {
@@ -428,17 +465,20 @@ def main() -> None:
         "settings": vars(args) | {"out": str(args.out)},
         "notes": {
             "inproc": "responder in the same process; 'responder only' is the same responder "
-                      "driven by a raw socket that does not parse answers, so "
-                      "'minus resp.' = this process - responder only = the prober's share "
-                      "above a bare sendto/recv client",
+            "driven by a raw socket that does not parse answers, so "
+            "'minus resp.' = this process - responder only = the prober's share "
+            "above a bare sendto/recv client",
             "subprocess": "responder forked into its own process: this process's CPU is the "
-                          "prober and the benchmark driver only; responder CPU reported apart",
-            "before": f"git show {args.before_rev}:agent/sip/prober.py + .../message.py",
+            "prober and the benchmark driver only; responder CPU reported apart",
+            "before": f"git show {args.before_rev}:agent/trunkguard/sip/prober.py + .../message.py",
             "before_commit": git("rev-parse", args.before_rev).strip(),
         },
         "results": results,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": multiprocessing.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": multiprocessing.cpu_count(),
+        },
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

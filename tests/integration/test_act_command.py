@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.act.base import ActuatorError
-from agent.act.command import CommandActuator, CommandSpec
+from trunkguard.act.base import ActuatorError
+from trunkguard.act.command import CommandActuator, CommandSpec
 
 pytestmark = pytest.mark.integration
 

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.act.base import ActuatorError
-from agent.act.converge import ApplyReport, Converger
-from agent.act.kamailio import (
+from tests.lib import calls, procs, sipp
+from tests.lib.kamailio import SBC_LIST, Sbc, sbc, write_ds_list
+from tests.lib.netns import Netns
+from tests.lib.sipp import options_responder
+from trunkguard.act.base import ActuatorError
+from trunkguard.act.converge import ApplyReport, Converger
+from trunkguard.act.kamailio import (
     DispatcherChoice,
     HttpRpc,
     KamailioActuator,
     UnixRpc,
     parse_rpc,
 )
-from tests.lib import calls, procs, sipp
-from tests.lib.kamailio import SBC_LIST, Sbc, sbc, write_ds_list
-from tests.lib.netns import Netns
-from tests.lib.sipp import options_responder
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,18 @@ from typing import Any
 
 import pytest
 
-from agent.act.base import Actuator, ActuatorError
-from agent.act.converge import Converger
-from agent.act.netlink import NetlinkActuator, RouteSpec, RuleSpec, _collect, route_key, rule_key
 from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.reports import Reports
+from trunkguard.act.base import Actuator, ActuatorError
+from trunkguard.act.converge import Converger
+from trunkguard.act.netlink import (
+    NetlinkActuator,
+    RouteSpec,
+    RuleSpec,
+    _collect,
+    route_key,
+    rule_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -429,8 +436,26 @@ async def test_multipath_drift_is_repaired(lab: Lab) -> None:
         ("route", "replace", PREFIX, "nexthop", "via", GW_A, "nexthop", "via", GW_B),  # weights
         ("route", "replace", PREFIX, "nexthop", "via", GW_A, "weight", "3"),  # kernel: plain
         ("-6", "route", "replace", PREFIX6, "via", GW6_A),
-        ("-6", "route", "replace", PREFIX6, "nexthop", "via", GW6_A, "dev", lab.if_a,
-         "weight", "3", "nexthop", "via", GW6_B, "dev", lab.if_b, "weight", "2"),
+        (
+            "-6",
+            "route",
+            "replace",
+            PREFIX6,
+            "nexthop",
+            "via",
+            GW6_A,
+            "dev",
+            lab.if_a,
+            "weight",
+            "3",
+            "nexthop",
+            "via",
+            GW6_B,
+            "dev",
+            lab.if_b,
+            "weight",
+            "2",
+        ),
         ("route", "del", PREFIX),
     ]
     async with actuator(weighted(lab)) as act:
@@ -447,9 +472,12 @@ async def test_multipath_drift_is_repaired(lab: Lab) -> None:
 
 
 async def test_multipath_through_the_converger(lab: Lab) -> None:
-    async with actuator(weighted(lab)) as act, converging(act, drift_interval=0.05) as (
-        conv,
-        reports,
+    async with (
+        actuator(weighted(lab)) as act,
+        converging(act, drift_interval=0.05) as (
+            conv,
+            reports,
+        ),
     ):
         conv.set_desired({"carriers": "A+B"})
         first = await reports.wait(lambda r: r.ok)
@@ -676,8 +704,17 @@ async def test_rule_add_refused_by_the_kernel_breaks_nothing(lab: Lab) -> None:
         # The kernel's duplicate check ignores "not" (but not the protocol): adding
         # B's rule is refused.
         lab.pbx.ip(
-            "rule", "add", "priority", "1000", "not", "from", SRC, "lookup", "200",
-            "proto", "static",
+            "rule",
+            "add",
+            "priority",
+            "1000",
+            "not",
+            "from",
+            SRC,
+            "lookup",
+            "200",
+            "proto",
+            "static",
         )
         with pytest.raises(ActuatorError) as err:
             await act.apply({"carriers": "B"})
@@ -727,7 +764,13 @@ async def test_rule_selectors_read_back(lab: Lab) -> None:
 def test_rule_key_and_validation() -> None:
     assert rule_key(RuleSpec(1000, 100, src=SRC6)) == (6, 1000, 100, SRC6, None, None, None)
     assert rule_key(RuleSpec(1, 7, dst="0.0.0.0/0", fwmark=7, iif="eth0")) == (
-        4, 1, 7, None, None, 7, "eth0",
+        4,
+        1,
+        7,
+        None,
+        None,
+        7,
+        "eth0",
     )
     assert rule_key(RuleSpec(32765, 2**32 - 1, family=6))[:3] == (6, 32765, 2**32 - 1)
     for bad in [

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from agent.act.base import ActuatorError
-from agent.act.converge import Converger
-from agent.act.template import TemplateActuator, TemplateSpec
 from tests.lib.reports import Reports
+from trunkguard.act.base import ActuatorError
+from trunkguard.act.converge import Converger
+from trunkguard.act.template import TemplateActuator, TemplateSpec
 
 pytestmark = pytest.mark.integration
 

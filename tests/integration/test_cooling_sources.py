@@ -19,7 +19,7 @@ import structlog
 from structlog.testing import CapturingLogger
 from structlog.typing import FilteringBoundLogger
 
-from agent.watch.cooling import (
+from trunkguard.watch.cooling import (
     CommandSource,
     HwmonSource,
     IpmiSource,

@@ -112,9 +112,7 @@ def test_carrier_loss_admin_down_and_address_removal(tmp_path: Path) -> None:
             res = cli("maintenance", "uplink-a", "on", "--socket", sock, netns=lab.agent.name)
             assert res.returncode == 0, res.stderr
             agent.wait_for(agent.applied("carrier-b"), 5, "route via B in maintenance", mark)
-            st = json.loads(
-                cli("status", "--json", "--socket", sock, netns=lab.agent.name).stdout
-            )
+            st = json.loads(cli("status", "--json", "--socket", sock, netns=lab.agent.name).stdout)
             assert st["links"]["link:uplink-a"]["state"] == "maintenance"
             assert st["links"]["link:uplink-a"]["kernel"] == "up"
             assert st["targets"]["trunk:carrier-a"]["state"] == "down"

@@ -74,21 +74,22 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
     ):
         agent = Agent(config(tmp_path, mq.port, port_a, port_b))
         try:
-            await asyncio.to_thread(
-                agent.wait_for, agent.applied("carrier-a"), 15, "initial route"
-            )
+            await asyncio.to_thread(agent.wait_for, agent.applied("carrier-a"), 15, "initial route")
             # A NOC client subscribing later sees the retained picture.
             async with aiomqtt.Client(mq.host, mq.port, username=NOC, password=NOC_PW) as c:
                 await c.subscribe(f"{BASE}/#", qos=1)
                 latest = await read_until(
                     c,
-                    lambda m: f"{BASE}/routes/outbound" in m
-                    and f"{BASE}/trunks/carrier-b" in m
-                    and json.loads(m.get(f"{BASE}/state", b"{}")).get("routes", {})
-                    .get("outbound", {})
-                    .get("active")
-                    == "carrier-a"
-                    and m.get(f"{BASE}/status") == b"online",
+                    lambda m: (
+                        f"{BASE}/routes/outbound" in m
+                        and f"{BASE}/trunks/carrier-b" in m
+                        and json.loads(m.get(f"{BASE}/state", b"{}"))
+                        .get("routes", {})
+                        .get("outbound", {})
+                        .get("active")
+                        == "carrier-a"
+                        and m.get(f"{BASE}/status") == b"online"
+                    ),
                     10,
                 )
                 state = js(latest, "state")
@@ -102,13 +103,16 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
                 procs.stop(carrier_a)
                 latest = await read_until(
                     c,
-                    lambda m: json.loads(m.get(f"{BASE}/routes/outbound", b"{}")).get("active")
-                    == "carrier-b"
-                    and f"{BASE}/events" in m
-                    and json.loads(m.get(f"{BASE}/state", b"{}")).get("routes", {})
-                    .get("outbound", {})
-                    .get("active")
-                    == "carrier-b",
+                    lambda m: (
+                        json.loads(m.get(f"{BASE}/routes/outbound", b"{}")).get("active")
+                        == "carrier-b"
+                        and f"{BASE}/events" in m
+                        and json.loads(m.get(f"{BASE}/state", b"{}"))
+                        .get("routes", {})
+                        .get("outbound", {})
+                        .get("active")
+                        == "carrier-b"
+                    ),
                     10,
                 )
                 assert js(latest, "state")["seq"] > seq0  # type: ignore[operator]

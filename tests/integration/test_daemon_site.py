@@ -107,9 +107,11 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
             # room-b never reports: it turns stale, an alarm of its own, with the reason.
             stale = await asyncio.to_thread(
                 wait,
-                lambda e: e.get("event") == "sensor"
-                and e.get("sensor") == "room-b"
-                and e.get("new") == "stale",
+                lambda e: (
+                    e.get("event") == "sensor"
+                    and e.get("sensor") == "room-b"
+                    and e.get("new") == "stale"
+                ),
                 10,
                 "room-b stale",
             )
@@ -155,9 +157,7 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
                 # Peers see a retained evacuating state with the reason. The first look may
                 # catch it live (published while we subscribed); a later one is retained.
                 for must_retain in (False, True):
-                    async with aiomqtt.Client(
-                        mq.host, mq.port, username=BMS, password=BMS_PW
-                    ) as c:
+                    async with aiomqtt.Client(mq.host, mq.port, username=BMS, password=BMS_PW) as c:
                         await c.subscribe(f"{BASE}/site", qos=1)
                         async with asyncio.timeout(5):
                             async for msg in c.messages:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.sip.dns import Destination, DnsError, Resolution, SipResolver
-from agent.sip.uri import parse_uri
 from tests.lib.dnsmasq import DnsServer, dns_server
+from trunkguard.sip.dns import Destination, DnsError, Resolution, SipResolver
+from trunkguard.sip.uri import parse_uri
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +39,17 @@ def dests(res: Resolution) -> list[tuple[str, str, int]]:
 @pytest.fixture
 def naptr_dns(tmp_path: Path) -> Iterator[DnsServer]:
     """NAPTR prefers UDP (order 10) over TCP (order 20); UDP SRV has two targets."""
-    with dns_server(tmp_path, records=[
-        "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
-        "naptr-record=carrier.test,20,50,s,SIP+D2T,,_sip._tcp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,60",
-        "srv-host=_sip._udp.carrier.test,b.carrier.test,5080,20,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
+            "naptr-record=carrier.test,20,50,s,SIP+D2T,,_sip._tcp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,60",
+            "srv-host=_sip._udp.carrier.test,b.carrier.test,5080,20,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         yield dns
 
 
@@ -58,14 +61,22 @@ async def test_naptr_srv_chain_returns_v4_and_v6_targets(naptr_dns: DnsServer) -
     queries = naptr_dns.wait_queries(6)
     assert queries[:2] == [("NAPTR", "carrier.test"), ("SRV", "_sip._udp.carrier.test")]
     assert ("SRV", "_sip._tcp.carrier.test") not in queries  # the winning NAPTR only
-    assert {q for q in queries[2:]} == {("A", "a.carrier.test"), ("AAAA", "a.carrier.test"),
-                                        ("A", "b.carrier.test"), ("AAAA", "b.carrier.test")}
+    assert {q for q in queries[2:]} == {
+        ("A", "a.carrier.test"),
+        ("AAAA", "a.carrier.test"),
+        ("A", "b.carrier.test"),
+        ("AAAA", "b.carrier.test"),
+    }
 
 
 async def test_srv_target_with_both_families(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "srv-host=_sip._udp.carrier.test,c.carrier.test,5060,10,0", *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "srv-host=_sip._udp.carrier.test,c.carrier.test,5060,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         res = await resolve(dns, "sip:carrier.test")
         assert dests(res) == [("udp", "127.0.0.3", 5060), ("udp", "::2", 5060)]
         only4 = await resolve(dns, "sip:carrier.test", families=(4,))
@@ -75,36 +86,46 @@ async def test_srv_target_with_both_families(tmp_path: Path) -> None:
         assert dests(only6) == [("udp", "::2", 5060)]
 
 
-@pytest.mark.parametrize(("order_udp", "order_tcp", "expected"), [
-    (20, 10, [("tcp", "127.0.0.2", 5090)]),
-    (10, 20, [("udp", "127.0.0.2", 5070)]),
-])
-async def test_naptr_order_picks_transport(tmp_path: Path, order_udp: int, order_tcp: int,
-                                           expected: list[tuple[str, str, int]]) -> None:
-    with dns_server(tmp_path, records=[
-        # Preference would favour UDP; order is compared first.
-        f"naptr-record=carrier.test,{order_udp},10,s,SIP+D2U,,_sip._udp.carrier.test",
-        f"naptr-record=carrier.test,{order_tcp},90,s,SIP+D2T,,_sip._tcp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        *HOSTS,
-    ]) as dns:
+@pytest.mark.parametrize(
+    ("order_udp", "order_tcp", "expected"),
+    [
+        (20, 10, [("tcp", "127.0.0.2", 5090)]),
+        (10, 20, [("udp", "127.0.0.2", 5070)]),
+    ],
+)
+async def test_naptr_order_picks_transport(
+    tmp_path: Path, order_udp: int, order_tcp: int, expected: list[tuple[str, str, int]]
+) -> None:
+    with dns_server(
+        tmp_path,
+        records=[
+            # Preference would favour UDP; order is compared first.
+            f"naptr-record=carrier.test,{order_udp},10,s,SIP+D2U,,_sip._udp.carrier.test",
+            f"naptr-record=carrier.test,{order_tcp},90,s,SIP+D2T,,_sip._tcp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         assert dests(await resolve(dns, "sip:carrier.test")) == expected
 
 
 async def test_naptr_preference_within_order_and_unusable_records(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "naptr-record=carrier.test,5,10,s,SIP+D2S,,_sip._sctp.carrier.test",  # unsupported
-        "naptr-record=carrier.test,5,20,a,SIP+D2U,,a.carrier.test",  # flag a: not for us
-        "naptr-record=carrier.test,10,60,s,SIP+D2U,,_sip._udp.carrier.test",
-        "naptr-record=carrier.test,10,40,s,SIP+D2T,,_sip._tcp.carrier.test",
-        "naptr-record=carrier.test,10,50,s,SIPS+D2T,,_sips._tcp.carrier.test",
-        "srv-host=_sip._sctp.carrier.test,a.carrier.test,5000,10,0",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        "srv-host=_sips._tcp.carrier.test,a.carrier.test,5091,10,0",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "naptr-record=carrier.test,5,10,s,SIP+D2S,,_sip._sctp.carrier.test",  # unsupported
+            "naptr-record=carrier.test,5,20,a,SIP+D2U,,a.carrier.test",  # flag a: not for us
+            "naptr-record=carrier.test,10,60,s,SIP+D2U,,_sip._udp.carrier.test",
+            "naptr-record=carrier.test,10,40,s,SIP+D2T,,_sip._tcp.carrier.test",
+            "naptr-record=carrier.test,10,50,s,SIPS+D2T,,_sips._tcp.carrier.test",
+            "srv-host=_sip._sctp.carrier.test,a.carrier.test,5000,10,0",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            "srv-host=_sips._tcp.carrier.test,a.carrier.test,5091,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         assert dests(await resolve(dns, "sip:carrier.test")) == [("tcp", "127.0.0.2", 5090)]
         # sips: only SIPS+D2T qualifies, whatever its preference
         res = await resolve(dns, "sips:carrier.test")
@@ -113,43 +134,55 @@ async def test_naptr_preference_within_order_and_unusable_records(tmp_path: Path
 
 
 async def test_naptr_whose_srv_is_empty_falls_to_next(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "naptr-record=carrier.test,10,10,s,SIP+D2T,,_sip._tcp.carrier.test",  # no such SRV
-        "naptr-record=carrier.test,20,10,s,SIP+D2U,,_sip._udp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "naptr-record=carrier.test,10,10,s,SIP+D2T,,_sip._tcp.carrier.test",  # no such SRV
+            "naptr-record=carrier.test,20,10,s,SIP+D2U,,_sip._udp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         assert dests(await resolve(dns, "sip:carrier.test")) == [("udp", "127.0.0.2", 5070)]
 
 
 async def test_no_naptr_srv_fallback_all_priorities_sorted(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        # listed out of order on purpose; a "." target means "no service here"
-        "srv-host=_sip._udp.carrier.test,c.carrier.test,5062,20,5",
-        "srv-host=_sip._udp.carrier.test,b.carrier.test,5061,10,10",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,10,50",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,30,0",  # duplicate address
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            # listed out of order on purpose; a "." target means "no service here"
+            "srv-host=_sip._udp.carrier.test,c.carrier.test,5062,20,5",
+            "srv-host=_sip._udp.carrier.test,b.carrier.test,5061,10,10",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,10,50",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,30,0",  # duplicate address
+            *HOSTS,
+        ],
+    ) as dns:
         res = await resolve(dns, "sip:carrier.test")
         assert dests(res) == [
             ("udp", "127.0.0.2", 5060),  # priority 10, weight 50
             ("udp", "::1", 5061),  # priority 10, weight 10
-            ("udp", "127.0.0.3", 5062), ("udp", "::2", 5062),  # priority 20
+            ("udp", "127.0.0.3", 5062),
+            ("udp", "::2", 5062),  # priority 20
         ]
         queries = dns.wait_queries(4)
         assert queries[0] == ("NAPTR", "carrier.test")
-        assert set(queries[1:4]) == {("SRV", "_sips._tcp.carrier.test"),
-                                     ("SRV", "_sip._tcp.carrier.test"),
-                                     ("SRV", "_sip._udp.carrier.test")}
+        assert set(queries[1:4]) == {
+            ("SRV", "_sips._tcp.carrier.test"),
+            ("SRV", "_sip._tcp.carrier.test"),
+            ("SRV", "_sip._udp.carrier.test"),
+        }
 
 
 async def test_no_naptr_srv_prefers_tls_then_tcp_then_udp(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         assert dests(await resolve(dns, "sip:carrier.test")) == [("tcp", "127.0.0.2", 5090)]
 
 
@@ -172,13 +205,16 @@ async def test_transport_param_skips_naptr(naptr_dns: DnsServer) -> None:
 
 
 async def test_explicit_port_queries_only_a_and_aaaa(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        "host-record=carrier.test,127.0.0.5",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            "host-record=carrier.test,127.0.0.5",
+            *HOSTS,
+        ],
+    ) as dns:
         res = await resolve(dns, "sip:carrier.test:5099")
         assert dests(res) == [("udp", "127.0.0.5", 5099)]
         res = await resolve(dns, "sip:carrier.test:5099;transport=tcp")
@@ -191,13 +227,16 @@ async def test_explicit_port_queries_only_a_and_aaaa(tmp_path: Path) -> None:
 
 
 async def test_sips_uses_only_sips_srv_and_port_5061(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "naptr-record=carrier.test,10,10,s,SIP+D2U,,_sip._udp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
-        "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
-        "host-record=carrier.test,127.0.0.6",
-        *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "naptr-record=carrier.test,10,10,s,SIP+D2U,,_sip._udp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,10,0",
+            "srv-host=_sip._tcp.carrier.test,a.carrier.test,5090,10,0",
+            "host-record=carrier.test,127.0.0.6",
+            *HOSTS,
+        ],
+    ) as dns:
         # NAPTR has only SIP+D2U (unusable for sips), no _sips._tcp SRV: A record, 5061, TLS
         res = await resolve(dns, "sips:carrier.test")
         assert dests(res) == [("tls", "127.0.0.6", 5061)]
@@ -208,9 +247,13 @@ async def test_sips_uses_only_sips_srv_and_port_5061(tmp_path: Path) -> None:
 
 
 async def test_sips_srv(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "srv-host=_sips._tcp.carrier.test,b.carrier.test,5081,10,0", *HOSTS,
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "srv-host=_sips._tcp.carrier.test,b.carrier.test,5081,10,0",
+            *HOSTS,
+        ],
+    ) as dns:
         res = await resolve(dns, "sips:carrier.test")
         assert dests(res) == [("tls", "::1", 5081)]
         assert res.destinations[0].key == "[::1]:5081;transport=tls"
@@ -230,17 +273,23 @@ async def test_nxdomain_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 async def test_srv_targets_without_addresses(tmp_path: Path) -> None:
-    with dns_server(tmp_path, records=[
-        "srv-host=_sip._udp.carrier.test,gone.carrier.test,5060,10,0",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,20,0",
-        *HOSTS,
-    ]) as dns:  # a dead target is skipped, the others still count
+    with dns_server(
+        tmp_path,
+        records=[
+            "srv-host=_sip._udp.carrier.test,gone.carrier.test,5060,10,0",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5070,20,0",
+            *HOSTS,
+        ],
+    ) as dns:  # a dead target is skipped, the others still count
         assert dests(await resolve(dns, "sip:carrier.test")) == [("udp", "127.0.0.2", 5070)]
     # no target resolves and carrier.test has no A: an error, never an empty list
     with (
-        dns_server(tmp_path, records=[
-            "srv-host=_sip._udp.carrier.test,gone.carrier.test,5060,10,0",
-        ]) as dns,
+        dns_server(
+            tmp_path,
+            records=[
+                "srv-host=_sip._udp.carrier.test,gone.carrier.test,5060,10,0",
+            ],
+        ) as dns,
         pytest.raises(DnsError, match=r"^carrier\.test: no SRV/A/AAAA records"),
     ):
         await resolve(dns, "sip:carrier.test")
@@ -271,15 +320,18 @@ async def test_silent_nameserver_times_out(tmp_path: Path) -> None:
 
 async def test_ttl_sets_expiry_and_is_clamped(tmp_path: Path) -> None:
     now = [1000.0]
-    with dns_server(tmp_path, records=[
-        "local-ttl=30",
-        "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
-        "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,10,0",
-        "srv-host=_sip._udp.carrier.test,d.carrier.test,5060,20,0",
-        "host-record=a.carrier.test,127.0.0.2",
-        "host-record=d.carrier.test,127.0.0.7,12",  # its own, lower TTL
-        "host-record=e.carrier.test,127.0.0.8",
-    ]) as dns:
+    with dns_server(
+        tmp_path,
+        records=[
+            "local-ttl=30",
+            "naptr-record=carrier.test,10,50,s,SIP+D2U,,_sip._udp.carrier.test",
+            "srv-host=_sip._udp.carrier.test,a.carrier.test,5060,10,0",
+            "srv-host=_sip._udp.carrier.test,d.carrier.test,5060,20,0",
+            "host-record=a.carrier.test,127.0.0.2",
+            "host-record=d.carrier.test,127.0.0.7,12",  # its own, lower TTL
+            "host-record=e.carrier.test,127.0.0.8",
+        ],
+    ) as dns:
         res = await resolve(dns, "sip:carrier.test", clock=lambda: now[0])
         assert res.expires_at == 1012.0  # min over NAPTR 30, SRV 30, A 30 and 12
         res = await resolve(dns, "sip:e.carrier.test:5060", clock=lambda: now[0])
@@ -294,12 +346,15 @@ async def test_ttl_sets_expiry_and_is_clamped(tmp_path: Path) -> None:
         assert res.expires_at == 1005.0
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("sip:192.0.2.1", Destination("udp", "192.0.2.1", 5060, "192.0.2.1")),
-    ("sip:192.0.2.1:5080;transport=tcp", Destination("tcp", "192.0.2.1", 5080, "192.0.2.1")),
-    ("sip:192.0.2.1;transport=tls", Destination("tls", "192.0.2.1", 5061, "192.0.2.1")),
-    ("sips:[2001:db8::1]", Destination("tls", "2001:db8::1", 5061, "2001:db8::1")),
-])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sip:192.0.2.1", Destination("udp", "192.0.2.1", 5060, "192.0.2.1")),
+        ("sip:192.0.2.1:5080;transport=tcp", Destination("tcp", "192.0.2.1", 5080, "192.0.2.1")),
+        ("sip:192.0.2.1;transport=tls", Destination("tls", "192.0.2.1", 5061, "192.0.2.1")),
+        ("sips:[2001:db8::1]", Destination("tls", "2001:db8::1", 5061, "2001:db8::1")),
+    ],
+)
 async def test_ip_literal_needs_no_dns(uri: str, expected: Destination) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ def test_lab_prints_failover_and_failback_and_cleans_up() -> None:
     tmp = Path(tempfile.gettempdir())
     before = set(tmp.glob("trunkguard-lab-*"))
     r = subprocess.run(
-        [sys.executable, "-m", "agent", "lab", "--hold", "1s", "--outage", "2s"],
+        [sys.executable, "-m", "trunkguard", "lab", "--hold", "1s", "--outage", "2s"],
         capture_output=True,
         text=True,
         timeout=60,

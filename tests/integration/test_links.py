@@ -20,9 +20,9 @@ import pytest
 import structlog
 from structlog.testing import CapturingLogger
 
-from agent.watch import links
-from agent.watch.links import LinkSpec, LinkWatcher
 from tests.lib.netns import Netns, namespaces, run, unique, veth
+from trunkguard.watch import links
+from trunkguard.watch.links import LinkSpec, LinkWatcher
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,8 @@ async def test_latency_from_ip_link_set_to_on_change(lab: Lab) -> None:
         for i in range(20):
             state, up, reason = (
                 ("down", False, f"{lab.dev} administratively down")
-                if i % 2 == 0 else ("up", True, "up")
+                if i % 2 == 0
+                else ("up", True, "up")
             )
             lab.host.ip("link", "set", "dev", lab.dev, state)
             returned = time.monotonic()
@@ -259,9 +260,7 @@ async def test_interface_renamed_into_and_out_of_the_watched_name(lab: Lab) -> N
         await events.expect("renamed", False, f"interface {dev} missing")
 
 
-async def test_overrun_is_recovered_by_a_resync(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_overrun_is_recovered_by_a_resync(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tiny receive buffer and a burst while the loop is blocked: the kernel drops
     notifications (ENOBUFS); the watcher reopens, re-dumps and still sees the link down."""
     monkeypatch.setattr(links, "RCVBUF", 1)  # the kernel's minimum, a few KiB

@@ -20,9 +20,9 @@ import aiomqtt
 import pytest
 import structlog
 
-from agent.bus.mqtt import MqttPublisher, MqttSettings
 from tests.lib import procs
 from tests.lib.mosquitto import Broker, broker, make_tls
+from trunkguard.bus.mqtt import MqttPublisher, MqttSettings
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ async def test_queue_is_bounded_while_disconnected_and_drained_in_order(mq: Brok
 async def test_last_will_fires_when_the_agent_dies(mq: Broker, tmp_path: Path) -> None:
     script = (
         "import asyncio, json, sys\n"
-        "from agent.bus.mqtt import MqttPublisher, MqttSettings\n"
+        "from trunkguard.bus.mqtt import MqttPublisher, MqttSettings\n"
         "async def main():\n"
         "    pub = MqttPublisher(MqttSettings(**json.loads(sys.argv[1])))\n"
         "    pub.publish('state', {'seq': 7}, retain=True)\n"

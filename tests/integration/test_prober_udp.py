@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from agent.core.classify import OkCodes, classify
-from agent.core.events import ProbeOutcome
-from agent.sip.ping import ping
-from agent.sip.prober import UdpProber
-from agent.sip.uas import OptionsResponder
-from agent.sip.uri import parse_uri
 from tests.lib import procs
 from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.sipp import options_responder
+from trunkguard.core.classify import OkCodes, classify
+from trunkguard.core.events import ProbeOutcome
+from trunkguard.sip.ping import ping
+from trunkguard.sip.prober import UdpProber
+from trunkguard.sip.uas import OptionsResponder
+from trunkguard.sip.uri import parse_uri
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -56,8 +56,9 @@ def closed_port() -> int:
 async def test_sipp_200_gives_response_with_rtt(sipp_200: int) -> None:
     unmatched: list[str] = []
     async with UdpProber(user_agent="trunkguard-test", on_unmatched=unmatched.append) as prober:
-        out = await prober.probe("127.0.0.1", sipp_200, request_uri=f"sip:127.0.0.1:{sipp_200}",
-                                 timeout=2.0)
+        out = await prober.probe(
+            "127.0.0.1", sipp_200, request_uri=f"sip:127.0.0.1:{sipp_200}", timeout=2.0
+        )
         assert (out.reason, out.code, out.phrase) == ("response", 200, "OK")
         assert out.rtt is not None and 0 < out.rtt < 1.0
         assert prober.outstanding == 0
@@ -70,8 +71,7 @@ async def test_sipp_403_classified_by_ok_codes(sipp_403: int) -> None:
     assert (out.reason, out.code) == ("response", 403)
     v = classify(out, target="t", ok_codes=OkCodes.default(), retry_after_cap=60)
     assert not v.ok and v.reason == "403 Forbidden"
-    assert classify(out, target="t", ok_codes=OkCodes.parse(["2xx", "403"]),
-                    retry_after_cap=60).ok
+    assert classify(out, target="t", ok_codes=OkCodes.parse(["2xx", "403"]), retry_after_cap=60).ok
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -100,7 +100,8 @@ async def test_icmp_only_fails_the_probe_it_is_about() -> None:
         async with UdpProber(user_agent="trunkguard-test") as prober:
             dead, alive = await asyncio.gather(
                 prober.probe("127.0.0.1", closed_port(), request_uri="sip:x", timeout=2),
-                prober.probe("127.0.0.1", responder.port, request_uri="sip:y", timeout=2))
+                prober.probe("127.0.0.1", responder.port, request_uri="sip:y", timeout=2),
+            )
     finally:
         responder.close()
     assert dead.reason == "refused"
@@ -111,7 +112,7 @@ async def test_icmp_only_fails_the_probe_it_is_about() -> None:
 
 PROBE_SCRIPT = """
 import asyncio, json, sys
-from agent.sip.prober import UdpProber
+from trunkguard.sip.prober import UdpProber
 host, port, t1, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 async def main():
     async with UdpProber(user_agent="trunkguard-test", t1=t1) as p:
@@ -129,11 +130,11 @@ def lab() -> Iterator[tuple[Netns, Netns]]:
 
 
 def run_probe(ns: Netns, port: int, t1: float, timeout: float) -> tuple[dict[str, Any], float]:
-    argv = ns.exec_argv(sys.executable, "-c", PROBE_SCRIPT, CARRIER_IP, str(port), str(t1),
-                        str(timeout))
+    argv = ns.exec_argv(
+        sys.executable, "-c", PROBE_SCRIPT, CARRIER_IP, str(port), str(t1), str(timeout)
+    )
     start = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=30,
-                          check=True)
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=30, check=True)
     return json.loads(done.stdout), time.monotonic() - start
 
 
@@ -143,23 +144,33 @@ def drop_udp_in(ns: Netns, port: int) -> None:
     try:
         ns.drop_udp_in(port)
     except subprocess.CalledProcessError:
-        ns.nft("table inet tgdrop { chain in { type filter hook input priority -10; "
-               f"udp dport {port} drop; }}; }}\n")
+        ns.nft(
+            "table inet tgdrop { chain in { type filter hook input priority -10; "
+            f"udp dport {port} drop; }}; }}\n"
+        )
 
 
 def nft_packets(ns: Netns, table: str) -> int:
     listing = json.loads(ns.sh("nft", "-j", "list", "table", "inet", table).stdout)
-    return sum(expr["counter"]["packets"] for item in listing["nftables"] if "rule" in item
-               for expr in item["rule"]["expr"] if "counter" in expr)
+    return sum(
+        expr["counter"]["packets"]
+        for item in listing["nftables"]
+        if "rule" in item
+        for expr in item["rule"]["expr"]
+        if "counter" in expr
+    )
 
 
 def test_silent_carrier_times_out_after_timer_e_retransmits(
-        lab: tuple[Netns, Netns], tmp_path: Path) -> None:
+    lab: tuple[Netns, Netns], tmp_path: Path
+) -> None:
     client, carrier = lab
     with options_responder(tmp_path, CARRIER_IP, 5060, 200, netns=carrier.name):
         alive, _ = run_probe(client, 5060, t1=0.1, timeout=2.0)  # the path works...
-        carrier.nft("table inet tgcount { chain in { type filter hook input priority -20; "
-                    "udp dport 5060 counter; }; }\n")
+        carrier.nft(
+            "table inet tgcount { chain in { type filter hook input priority -20; "
+            "udp dport 5060 counter; }; }\n"
+        )
         drop_udp_in(carrier, 5060)  # ...until the carrier goes silent
         try:
             out, elapsed = run_probe(client, 5060, t1=0.1, timeout=1.0)
@@ -175,8 +186,10 @@ def test_silent_carrier_times_out_after_timer_e_retransmits(
 
 def test_icmp_host_unreachable_is_reported(lab: tuple[Netns, Netns]) -> None:
     client, carrier = lab
-    carrier.nft("table inet tgreject { chain in { type filter hook input priority -20; "
-                "udp dport 5061 reject with icmp type host-unreachable; }; }\n")
+    carrier.nft(
+        "table inet tgreject { chain in { type filter hook input priority -20; "
+        "udp dport 5061 reject with icmp type host-unreachable; }; }\n"
+    )
     try:
         out, _ = run_probe(client, 5061, t1=0.5, timeout=5.0)
     finally:
@@ -210,11 +223,14 @@ class Forger(asyncio.DatagramProtocol):
         text = data.decode()
         via, cid, cseq = _header(text, "Via"), _header(text, "Call-ID"), _header(text, "CSeq")
 
-        def resp(code: int = 200, phrase: str = "OK", via: str = via, cid: str = cid,
-                 cseq: str = cseq) -> bytes:
-            return (f"SIP/2.0 {code} {phrase}\r\n{via}\r\n{_header(text, 'From')}\r\n"
-                    f"{_header(text, 'To')};tag=forger\r\n{cid}\r\n{cseq}\r\n"
-                    "Content-Length: 0\r\n\r\n").encode()
+        def resp(
+            code: int = 200, phrase: str = "OK", via: str = via, cid: str = cid, cseq: str = cseq
+        ) -> bytes:
+            return (
+                f"SIP/2.0 {code} {phrase}\r\n{via}\r\n{_header(text, 'From')}\r\n"
+                f"{_header(text, 'To')};tag=forger\r\n{cid}\r\n{cseq}\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
 
         assert self.transport is not None
         send = self.transport.sendto
@@ -230,8 +246,9 @@ class Forger(asyncio.DatagramProtocol):
 
 async def forger(answer: int) -> tuple[asyncio.DatagramTransport, Forger]:
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(lambda: Forger(answer),
-                                                           local_addr=("127.0.0.1", 0))
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: Forger(answer), local_addr=("127.0.0.1", 0)
+    )
     return transport, proto
 
 
@@ -315,12 +332,14 @@ class WatchedOutput(io.StringIO):
 async def test_cancelled_probe_leaves_nothing_behind() -> None:
     signal = Signal()
     transport, sink = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: Sink(signal), local_addr=("127.0.0.1", 0))
+        lambda: Sink(signal), local_addr=("127.0.0.1", 0)
+    )
     port = transport.get_extra_info("sockname")[1]
     try:
         async with UdpProber(user_agent="trunkguard-test", t1=0.02) as prober:
             task = asyncio.create_task(
-                prober.probe("127.0.0.1", port, request_uri="sip:s", timeout=30))
+                prober.probe("127.0.0.1", port, request_uri="sip:s", timeout=30)
+            )
             await signal.until(lambda: sink.received >= 3)  # retransmitting
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -338,14 +357,11 @@ async def test_silent_responder_times_out_then_recovers() -> None:
     try:
         async with UdpProber(user_agent="trunkguard-test", t1=0.05) as prober:
             responder.silent = True
-            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:s",
-                                     timeout=0.3)
+            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:s", timeout=0.3)
             assert out.reason == "timeout" and responder.requests >= 3
             responder.silent = False
-            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:s",
-                                     timeout=1)
-            assert (out.reason, out.code, out.phrase) == ("response", 503,
-                                                          "Service Unavailable")
+            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:s", timeout=1)
+            assert (out.reason, out.code, out.phrase) == ("response", 503, "Service Unavailable")
     finally:
         responder.close()
 
@@ -361,11 +377,14 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
 
     responder = await OptionsResponder.start("127.0.0.1", 0)
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    forged = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK%d\r\n"
-              b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n")
+    forged = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK%d\r\n"
+        b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    )
     try:
-        async with UdpProber(user_agent="trunkguard-test", source_port=port,
-                             on_unmatched=unmatched) as prober:
+        async with UdpProber(
+            user_agent="trunkguard-test", source_port=port, on_unmatched=unmatched
+        ) as prober:
             await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
@@ -376,8 +395,7 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
             await signal.until(lambda: counts.total() >= 10_000)
             grown = tracemalloc.get_traced_memory()[0] - base
             tracemalloc.stop()
-            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:r",
-                                     timeout=1)
+            out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
     finally:
         flood.close()
         responder.close()
@@ -407,14 +425,17 @@ async def test_probe_uri_resolves_names() -> None:
 # --- ping ------------------------------------------------------------------------------------
 
 SEQ_OK = re.compile(r"^seq=\d+ 200 OK from 127\.0\.0\.1:\d+ rtt=\d+\.\d\d ms$")
-SUMMARY = re.compile(r"^3 probes, 3 alive, 0 failed, 0% loss; "
-                     r"rtt min/avg/max = \d+\.\d\d/\d+\.\d\d/\d+\.\d\d ms$")
+SUMMARY = re.compile(
+    r"^3 probes, 3 alive, 0 failed, 0% loss; "
+    r"rtt min/avg/max = \d+\.\d\d/\d+\.\d\d/\d+\.\d\d ms$"
+)
 
 
 async def test_ping_against_sipp(sipp_200: int) -> None:
     out = io.StringIO()
-    code = await ping(f"sip:127.0.0.1:{sipp_200}", count=3, interval=0.05, timeout=1.0,
-                      ok_codes=["2xx"], out=out)
+    code = await ping(
+        f"sip:127.0.0.1:{sipp_200}", count=3, interval=0.05, timeout=1.0, ok_codes=["2xx"], out=out
+    )
     lines = out.getvalue().splitlines()
     assert code == 0
     assert lines[0] == f"OPTIONS sip:127.0.0.1:{sipp_200} via UDP, timeout 1000 ms"
@@ -425,18 +446,41 @@ async def test_ping_against_sipp(sipp_200: int) -> None:
 
 async def test_ping_403_and_closed_port_exit_1(sipp_403: int) -> None:
     out = io.StringIO()
-    assert await ping(f"sip:127.0.0.1:{sipp_403}", count=1, interval=0.01, timeout=1.0,
-                      ok_codes=["2xx"], out=out) == 1
+    assert (
+        await ping(
+            f"sip:127.0.0.1:{sipp_403}",
+            count=1,
+            interval=0.01,
+            timeout=1.0,
+            ok_codes=["2xx"],
+            out=out,
+        )
+        == 1
+    )
     assert "seq=1 403 Forbidden from" in out.getvalue()
-    assert await ping(f"sip:127.0.0.1:{sipp_403}", count=1, interval=0.01, timeout=1.0,
-                      ok_codes=["2xx", "403"], out=io.StringIO()) == 0
+    assert (
+        await ping(
+            f"sip:127.0.0.1:{sipp_403}",
+            count=1,
+            interval=0.01,
+            timeout=1.0,
+            ok_codes=["2xx", "403"],
+            out=io.StringIO(),
+        )
+        == 0
+    )
     out = io.StringIO()
     port = closed_port()
-    assert await ping(f"sip:127.0.0.1:{port}", count=2, interval=0.01, timeout=1.0,
-                      ok_codes=["2xx"], out=out) == 1
+    assert (
+        await ping(
+            f"sip:127.0.0.1:{port}", count=2, interval=0.01, timeout=1.0, ok_codes=["2xx"], out=out
+        )
+        == 1
+    )
     lines = out.getvalue().splitlines()
-    assert re.match(rf"^seq=2 ICMP port unreachable from 127\.0\.0\.1:{port} in \d+\.\d\d ms$",
-                    lines[2]), lines
+    assert re.match(
+        rf"^seq=2 ICMP port unreachable from 127\.0\.0\.1:{port} in \d+\.\d\d ms$", lines[2]
+    ), lines
     assert lines[-1] == "2 probes, 0 alive, 2 failed, 100% loss"
 
 
@@ -445,8 +489,14 @@ async def test_ping_timeout_line() -> None:
     responder.silent = True
     out = io.StringIO()
     try:
-        code = await ping(f"sip:127.0.0.1:{responder.port}", count=1, interval=0.01,
-                          timeout=0.2, ok_codes=["2xx"], out=out)
+        code = await ping(
+            f"sip:127.0.0.1:{responder.port}",
+            count=1,
+            interval=0.01,
+            timeout=0.2,
+            ok_codes=["2xx"],
+            out=out,
+        )
     finally:
         responder.close()
     assert code == 1
@@ -458,8 +508,16 @@ async def test_ping_forever_until_cancelled_prints_summary() -> None:
     signal = Signal()
     out = WatchedOutput(signal)
     try:
-        task = asyncio.create_task(ping(f"sip:127.0.0.1:{responder.port}", count=0,
-                                        interval=0.01, timeout=1.0, ok_codes=["2xx"], out=out))
+        task = asyncio.create_task(
+            ping(
+                f"sip:127.0.0.1:{responder.port}",
+                count=0,
+                interval=0.01,
+                timeout=1.0,
+                ok_codes=["2xx"],
+                out=out,
+            )
+        )
         await signal.until(lambda: out.getvalue().count("seq=") >= 3)
         task.cancel()
         code = await task
@@ -497,6 +555,7 @@ class Outcomes:
             self.reentered |= self.inside_send
             self.calls[name].append(outcome)
             self.signal.bump()
+
         return on_done
 
     def send(self, prober: UdpProber, name: str, host: str, port: int, **kw: Any) -> None:
@@ -527,7 +586,8 @@ class RecordingSink(asyncio.DatagramProtocol):
 
 async def recording_sink(signal: Signal) -> tuple[asyncio.DatagramTransport, RecordingSink, int]:
     transport, sink = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: RecordingSink(signal), local_addr=("127.0.0.1", 0))
+        lambda: RecordingSink(signal), local_addr=("127.0.0.1", 0)
+    )
     return transport, sink, transport.get_extra_info("sockname")[1]
 
 
@@ -539,16 +599,32 @@ async def test_send_reports_every_kind_of_outcome_once_from_the_loop() -> None:
     try:
         async with UdpProber(user_agent="trunkguard-test", t1=0.05) as prober:
             for i in range(200):
-                seen.send(prober, f"ok{i}", "127.0.0.1", responder.port,
-                          request_uri=f"sip:t{i}@127.0.0.1", timeout=2.0)
-            seen.send(prober, "refused", "127.0.0.1", closed_port(), request_uri="sip:x",
-                      timeout=2.0)
-            seen.send(prober, "timeout", "127.0.0.1", silent, request_uri="sip:s", timeout=0.3,
-                      to_uri="sip:to@example.com")
-            seen.send(prober, "expired", "127.0.0.1", responder.port, request_uri="sip:e",
-                      timeout=0)
-            seen.send(prober, "family", "::1", responder.port, request_uri="sip:f",
-                      timeout=1.0)  # no IPv6 responder there: refused as well
+                seen.send(
+                    prober,
+                    f"ok{i}",
+                    "127.0.0.1",
+                    responder.port,
+                    request_uri=f"sip:t{i}@127.0.0.1",
+                    timeout=2.0,
+                )
+            seen.send(
+                prober, "refused", "127.0.0.1", closed_port(), request_uri="sip:x", timeout=2.0
+            )
+            seen.send(
+                prober,
+                "timeout",
+                "127.0.0.1",
+                silent,
+                request_uri="sip:s",
+                timeout=0.3,
+                to_uri="sip:to@example.com",
+            )
+            seen.send(
+                prober, "expired", "127.0.0.1", responder.port, request_uri="sip:e", timeout=0
+            )
+            seen.send(
+                prober, "family", "::1", responder.port, request_uri="sip:f", timeout=1.0
+            )  # no IPv6 responder there: refused as well
             await seen.wait()
             await asyncio.sleep(0.1)  # nothing more may arrive
             assert prober.outstanding == 0
@@ -560,11 +636,15 @@ async def test_send_reports_every_kind_of_outcome_once_from_the_loop() -> None:
     reasons = {name: calls[0].reason for name, calls in seen.calls.items()}
     assert {reasons[f"ok{i}"] for i in range(200)} == {"response"}
     assert (reasons["refused"], reasons["timeout"], reasons["expired"]) == (
-        "refused", "timeout", "timeout")
+        "refused",
+        "timeout",
+        "timeout",
+    )
     assert reasons["family"] == "refused"
     assert seen.calls["timeout"][0].detail == "after 300ms"
-    assert all(c[0].rtt is not None and c[0].rtt > 0 for n, c in seen.calls.items()
-               if n.startswith("ok"))
+    assert all(
+        c[0].rtt is not None and c[0].rtt > 0 for n, c in seen.calls.items() if n.startswith("ok")
+    )
 
 
 async def test_send_argument_errors_raise() -> None:
@@ -572,15 +652,15 @@ async def test_send_argument_errors_raise() -> None:
         with pytest.raises(ValueError):
             prober.send("not-an-ip", 5060, request_uri="sip:x", timeout=1, on_done=print)
         with pytest.raises(ValueError):
-            prober.send("127.0.0.1", 5060, request_uri="sip:x\r\nEvil: 1", timeout=1,
-                        on_done=print)
+            prober.send("127.0.0.1", 5060, request_uri="sip:x\r\nEvil: 1", timeout=1, on_done=print)
         assert prober.outstanding == 0
     with pytest.raises(RuntimeError):  # closed
         prober.send("127.0.0.1", 5060, request_uri="sip:x", timeout=1, on_done=print)
 
     def elsewhere() -> None:  # a thread without a running loop
-        UdpProber(user_agent="t").send("127.0.0.1", 5060, request_uri="sip:x", timeout=1,
-                                       on_done=print)
+        UdpProber(user_agent="t").send(
+            "127.0.0.1", 5060, request_uri="sip:x", timeout=1, on_done=print
+        )
 
     with pytest.raises(RuntimeError):
         await asyncio.to_thread(elsewhere)
@@ -605,7 +685,8 @@ async def test_close_ends_outstanding_probes_once_with_prober_closed() -> None:
         for i in range(5):
             seen.send(prober, f"p{i}", "127.0.0.1", port, request_uri=f"sip:{i}", timeout=0.2)
         waiting = asyncio.ensure_future(
-            prober.probe("127.0.0.1", port, request_uri="sip:w", timeout=0.2))
+            prober.probe("127.0.0.1", port, request_uri="sip:w", timeout=0.2)
+        )
         await signal.until(lambda: len(sink.call_ids) >= 6)
         prober.close()
         assert prober.outstanding == 0
@@ -619,7 +700,8 @@ async def test_close_ends_outstanding_probes_once_with_prober_closed() -> None:
 
 
 async def test_on_done_exception_is_logged_and_the_reader_survives(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     responder = await OptionsResponder.start("127.0.0.1", 0)
 
     def broken(outcome: ProbeOutcome) -> None:
@@ -627,12 +709,14 @@ async def test_on_done_exception_is_logged_and_the_reader_survives(
 
     try:
         async with UdpProber(user_agent="trunkguard-test") as prober:
-            with caplog.at_level(logging.ERROR, logger="agent.sip.prober"):
+            with caplog.at_level(logging.ERROR, logger="trunkguard.sip.prober"):
                 for _ in range(3):
-                    prober.send("127.0.0.1", responder.port, request_uri="sip:b", timeout=1,
-                                on_done=broken)
-                out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:ok",
-                                         timeout=1)
+                    prober.send(
+                        "127.0.0.1", responder.port, request_uri="sip:b", timeout=1, on_done=broken
+                    )
+                out = await prober.probe(
+                    "127.0.0.1", responder.port, request_uri="sip:ok", timeout=1
+                )
                 assert prober.outstanding == 0
     finally:
         responder.close()
@@ -651,8 +735,9 @@ async def test_retransmissions_and_deadlines_with_many_distinct_timeouts() -> No
     try:
         async with UdpProber(user_agent="trunkguard-test", t1=0.05) as prober:
             for i, timeout in enumerate(timeouts):
-                seen.send(prober, f"p{i}", "127.0.0.1", port, request_uri=f"sip:{i}",
-                          timeout=timeout)
+                seen.send(
+                    prober, f"p{i}", "127.0.0.1", port, request_uri=f"sip:{i}", timeout=timeout
+                )
             start = time.monotonic()
             await seen.wait()
             elapsed = time.monotonic() - start
@@ -668,7 +753,8 @@ async def test_retransmissions_and_deadlines_with_many_distinct_timeouts() -> No
 
 
 async def test_error_queue_is_read_only_when_an_error_is_pending(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     reads = Counter[str]()
     real = socket.socket.recvmsg
 
@@ -683,8 +769,9 @@ async def test_error_queue_is_read_only_when_an_error_is_pending(
     try:
         async with UdpProber(user_agent="trunkguard-test") as prober:
             for i in range(500):  # in bursts the responder's socket buffer can take
-                seen.send(prober, f"p{i}", "127.0.0.1", responder.port,
-                          request_uri=f"sip:{i}", timeout=2)
+                seen.send(
+                    prober, f"p{i}", "127.0.0.1", responder.port, request_uri=f"sip:{i}", timeout=2
+                )
                 if i % 50 == 49:
                     await seen.wait()
             quiet = reads["errqueue"]
@@ -725,13 +812,17 @@ async def test_on_done_may_close_the_prober() -> None:
     try:
         for i in range(3):
             seen.send(prober, f"silent{i}", "127.0.0.1", silent, request_uri="sip:s", timeout=5)
-        prober.send("127.0.0.1", responder.port, request_uri="sip:r", timeout=5,
-                    on_done=close_on_answer)
+        prober.send(
+            "127.0.0.1", responder.port, request_uri="sip:r", timeout=5, on_done=close_on_answer
+        )
         await seen.wait()
         await asyncio.sleep(0.05)
     finally:
         responder.close()
         transport.close()
     assert seen.calls["closer"][0].reason == "response"
-    assert all([(c.reason, c.detail) for c in seen.calls[f"silent{i}"]] ==
-               [("send_error", "prober closed")] for i in range(3))
+    assert all(
+        [(c.reason, c.detail) for c in seen.calls[f"silent{i}"]]
+        == [("send_error", "prober closed")]
+        for i in range(3)
+    )

@@ -20,7 +20,16 @@ class Agent:
     def __init__(
         self, config: Path, netns: str | None = None, env: dict[str, str] | None = None
     ) -> None:
-        argv = [sys.executable, "-m", "agent", "run", "-c", str(config), "--log-format", "json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "trunkguard",
+            "run",
+            "-c",
+            str(config),
+            "--log-format",
+            "json",
+        ]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.netns = netns
@@ -118,7 +127,7 @@ class Agent:
 
 
 def cli(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "agent", *args]
+    argv = [sys.executable, "-m", "trunkguard", *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

@@ -82,11 +82,15 @@ def _start(workdir: Path, conf: Path, host: str) -> DnsServer | None:
         "--cache-size=0",
     ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
-        procs.wait_for(lambda: procs.udp_bound(port) or proc.poll() is not None, 10,
-                       f"dnsmasq on {host}:{port}")
+        procs.wait_for(
+            lambda: procs.udp_bound(port) or proc.poll() is not None,
+            10,
+            f"dnsmasq on {host}:{port}",
+        )
     except BaseException:
         procs.stop(proc)
         raise
@@ -99,8 +103,9 @@ def _start(workdir: Path, conf: Path, host: str) -> DnsServer | None:
 
 
 @contextmanager
-def dns_server(tmp: Path, *, records: Sequence[str],
-               local_domains: Sequence[str] = ("test",)) -> Iterator[DnsServer]:
+def dns_server(
+    tmp: Path, *, records: Sequence[str], local_domains: Sequence[str] = ("test",)
+) -> Iterator[DnsServer]:
     """Start dnsmasq on 127.0.0.1:<free port> with `records` (dnsmasq.conf lines, without
     the leading "--"); stopped by PID at exit."""
     host = "127.0.0.1"

@@ -20,10 +20,20 @@ from typing import Any
 
 from tests.lib import procs
 
-REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 486: "Busy Here",
-           500: "Server Internal Error", 503: "Service Unavailable"}
-_MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules",
-                "/usr/local/lib64/kamailio/modules", "/usr/local/lib/kamailio/modules")
+REASONS = {
+    200: "OK",
+    403: "Forbidden",
+    404: "Not Found",
+    486: "Busy Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+}
+_MODULE_DIRS = (
+    "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+    "/usr/lib/kamailio/modules",
+    "/usr/local/lib64/kamailio/modules",
+    "/usr/local/lib/kamailio/modules",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,9 @@ def modules_dir() -> Path:
 
 
 def _openssl(*args: str | Path, cwd: Path) -> None:
-    res = subprocess.run(["openssl", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["openssl", *map(str, args)], cwd=cwd, capture_output=True, text=True, check=False
+    )
     if res.returncode:
         raise RuntimeError(f"openssl {args[0]} failed: {res.stderr.strip()}")
 
@@ -86,32 +97,96 @@ def make_pki(tmp: Path, *, server_names: Sequence[str] = ("127.0.0.1", "carrier.
         d = tmp / f"pki{n}"
     d.mkdir(parents=True)
     key_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *key_args, "-keyout", "ca.key", "-out", "ca.pem", "-days", "3",
-             "-subj", f"/CN=trunkguard test CA {d.name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        *key_args,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "3",
+        "-subj",
+        f"/CN=trunkguard test CA {d.name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
     sans = ",".join(f"IP:{s}" if _is_ip(s) else f"DNS:{s}" for s in server_names)
-    leaf = ("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    leaf = (
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
     (d / "server.ext").write_text(leaf + f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n")
     (d / "client.ext").write_text(leaf + "extendedKeyUsage=clientAuth\n")
-    for who, cn in (("server", server_names[0] if server_names else "server"),
-                    ("client", "trunkguard test client")):
-        _openssl("req", *key_args, "-keyout", f"{who}.key", "-out", f"{who}.csr",
-                 "-subj", f"/CN={cn}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-days", "3", "-extfile", f"{who}.ext",
-                 "-out", f"{who}.pem", cwd=d)
-    return TlsFiles(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key",
-                    client_cert=d / "client.pem", client_key=d / "client.key")
+    for who, cn in (
+        ("server", server_names[0] if server_names else "server"),
+        ("client", "trunkguard test client"),
+    ):
+        _openssl(
+            "req",
+            *key_args,
+            "-keyout",
+            f"{who}.key",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={cn}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3",
+            "-extfile",
+            f"{who}.ext",
+            "-out",
+            f"{who}.pem",
+            cwd=d,
+        )
+    return TlsFiles(
+        ca=d / "ca.pem",
+        cert=d / "server.pem",
+        key=d / "server.key",
+        client_cert=d / "client.pem",
+        client_key=d / "client.key",
+    )
 
 
-def _config(ip: str, udp: int | None, tcp: int | None, tls: int | None, tls_cfg: Path | None,
-            code: int, children: int, mpath: Path) -> str:
+def _config(
+    ip: str,
+    udp: int | None,
+    tcp: int | None,
+    tls: int | None,
+    tls_cfg: Path | None,
+    code: int,
+    children: int,
+    mpath: Path,
+) -> str:
     host = f"[{ip}]" if ":" in ip else ip
-    lines = ["#!KAMAILIO", "debug=2", "log_stderror=yes", "memdbg=5", "memlog=5",
-             f"children={children}", "auto_aliases=no", "dns=no", "rev_dns=no",
-             f'mpath="{mpath}"']
+    lines = [
+        "#!KAMAILIO",
+        "debug=2",
+        "log_stderror=yes",
+        "memdbg=5",
+        "memlog=5",
+        f"children={children}",
+        "auto_aliases=no",
+        "dns=no",
+        "rev_dns=no",
+        f'mpath="{mpath}"',
+    ]
     if udp:
         lines.append(f"listen=udp:{host}:{udp}")
     if tcp:
@@ -122,13 +197,22 @@ def _config(ip: str, udp: int | None, tcp: int | None, tls: int | None, tls_cfg:
     if tcp or tls:
         lines.append(f"tcp_children={children}")
     if tls:
-        lines += ["enable_tls=yes", 'loadmodule "tls.so"',
-                  f'modparam("tls", "config", "{tls_cfg}")']
-    lines += ['loadmodule "sl.so"', "request_route {",
-              f'    if (method == "OPTIONS") {{ sl_send_reply("{code}", '
-              f'"{REASONS.get(code, "Whatever")}"); exit; }}',
-              '    if (method == "ACK") { exit; }',
-              '    sl_send_reply("404", "Not Here");', "    exit;", "}", ""]
+        lines += [
+            "enable_tls=yes",
+            'loadmodule "tls.so"',
+            f'modparam("tls", "config", "{tls_cfg}")',
+        ]
+    lines += [
+        'loadmodule "sl.so"',
+        "request_route {",
+        f'    if (method == "OPTIONS") {{ sl_send_reply("{code}", '
+        f'"{REASONS.get(code, "Whatever")}"); exit; }}',
+        '    if (method == "ACK") { exit; }',
+        '    sl_send_reply("404", "Not Here");',
+        "    exit;",
+        "}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -138,23 +222,34 @@ def _tls_config(tls: TlsFiles, require_client_cert: bool) -> str:
     # it Kamailio also sends the CA and a client lacking that CA sees "self-signed
     # certificate in certificate chain" instead of the usual "unable to get local issuer".
     ca = f"ca_list = {tls.ca}\n" if require_client_cert else ""
-    return (f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = {verify}\n"
-            f"require_certificate = {verify}\nprivate_key = {tls.key}\ncertificate = {tls.cert}\n"
-            f"{ca}\n[client:default]\nmethod = TLSv1.2+\n"
-            "verify_certificate = no\nrequire_certificate = no\n")
+    return (
+        f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = {verify}\n"
+        f"require_certificate = {verify}\nprivate_key = {tls.key}\ncertificate = {tls.cert}\n"
+        f"{ca}\n[client:default]\nmethod = TLSv1.2+\n"
+        "verify_certificate = no\nrequire_certificate = no\n"
+    )
 
 
 def _bound(k: Kamailio, netns: str | None) -> bool:
-    return ((k.udp_port is None or procs.udp_bound(k.udp_port, netns))
-            and all(p is None or procs.tcp_listening(p, netns) for p in (k.tcp_port, k.tls_port)))
+    return (k.udp_port is None or procs.udp_bound(k.udp_port, netns)) and all(
+        p is None or procs.tcp_listening(p, netns) for p in (k.tcp_port, k.tls_port)
+    )
 
 
 @contextmanager
-def kamailio(tmp: Path, *, ip: str = "127.0.0.1", udp_port: int | None = None,
-             tcp_port: int | None = None, tls_port: int | None = None,
-             tls: TlsFiles | None = None, require_client_cert: bool = False,
-             options_code: int = 200, children: int = 2,
-             netns: str | None = None) -> Iterator[Kamailio]:
+def kamailio(
+    tmp: Path,
+    *,
+    ip: str = "127.0.0.1",
+    udp_port: int | None = None,
+    tcp_port: int | None = None,
+    tls_port: int | None = None,
+    tls: TlsFiles | None = None,
+    require_client_cert: bool = False,
+    options_code: int = 200,
+    children: int = 2,
+    netns: str | None = None,
+) -> Iterator[Kamailio]:
     """Start Kamailio answering OPTIONS with options_code on each given listener."""
     if not (udp_port or tcp_port or tls_port):
         raise ValueError("give at least one of udp_port, tcp_port, tls_port")
@@ -172,16 +267,31 @@ def kamailio(tmp: Path, *, ip: str = "127.0.0.1", udp_port: int | None = None,
         tls_cfg = tmp / f"{name}_tls.cfg"
         tls_cfg.write_text(_tls_config(tls, require_client_cert))
     cfg = tmp / f"{name}.cfg"
-    cfg.write_text(_config(ip, udp_port, tcp_port, tls_port, tls_cfg, options_code, children,
-                           mpath))
+    cfg.write_text(
+        _config(ip, udp_port, tcp_port, tls_port, tls_cfg, options_code, children, mpath)
+    )
     log = tmp / f"{name}.log"
-    argv = ["kamailio", "-DD", "-E", "-f", str(cfg), "-Y", str(run), "-w", str(run),
-            "-m", "32", "-M", "4"]
+    argv = [
+        "kamailio",
+        "-DD",
+        "-E",
+        "-f",
+        str(cfg),
+        "-Y",
+        str(run),
+        "-w",
+        str(run),
+        "-m",
+        "32",
+        "-M",
+        "4",
+    ]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     with procs.started(argv, log=log) as proc:
-        k = Kamailio(ip=ip, udp_port=udp_port, tcp_port=tcp_port, tls_port=tls_port, proc=proc,
-                     log=log)
+        k = Kamailio(
+            ip=ip, udp_port=udp_port, tcp_port=tcp_port, tls_port=tls_port, proc=proc, log=log
+        )
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -256,14 +366,32 @@ class Sbc:
 
     def argv(self) -> list[str]:
         defines: dict[str, str | int] = {
-            "SIP_IP": self.sip_ip, "SIP_PORT": self.sip_port,
-            "RPC_IP": self.rpc_ip, "RPC_PORT": self.rpc_port,
-            "RPC_SOCK": str(self.rpc_sock), "CTL_SOCK": f"unix:{self.ctl_sock}",
-            "DS_LIST": str(self.ds_list), "MPATH": str(modules_dir()), "CHILDREN": 2,
+            "SIP_IP": self.sip_ip,
+            "SIP_PORT": self.sip_port,
+            "RPC_IP": self.rpc_ip,
+            "RPC_PORT": self.rpc_port,
+            "RPC_SOCK": str(self.rpc_sock),
+            "CTL_SOCK": f"unix:{self.ctl_sock}",
+            "DS_LIST": str(self.ds_list),
+            "MPATH": str(modules_dir()),
+            "CHILDREN": 2,
             **self.defines,
         }
-        argv = ["kamailio", "-DD", "-E", "-f", str(SBC_CONFIG), "-Y", str(self.run_dir),
-                "-w", str(self.run_dir), "-m", "32", "-M", "4"]
+        argv = [
+            "kamailio",
+            "-DD",
+            "-E",
+            "-f",
+            str(SBC_CONFIG),
+            "-Y",
+            str(self.run_dir),
+            "-w",
+            str(self.run_dir),
+            "-m",
+            "32",
+            "-M",
+            "4",
+        ]
         for name, value in defines.items():
             argv += _define(name, value)
         if self.netns:
@@ -278,17 +406,21 @@ class Sbc:
         with open(self.log, "ab") as out:
             out.write(f"--- start {self.starts}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         proc = self.proc
 
         def ready() -> bool:
             if proc.poll() is not None:
                 tail = self.log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"kamailio exited with {proc.returncode}:\n{tail}")
-            return (self.rpc_sock.exists() and self.ctl_sock.exists()
-                    and procs.udp_bound(self.sip_port, self.netns)
-                    and procs.tcp_listening(self.rpc_port, self.netns))
+            return (
+                self.rpc_sock.exists()
+                and self.ctl_sock.exists()
+                and procs.udp_bound(self.sip_port, self.netns)
+                and procs.tcp_listening(self.rpc_port, self.netns)
+            )
 
         procs.wait_for(ready, 15, f"kamailio SBC on {self.sip_ip}:{self.sip_port}")
 
@@ -335,8 +467,13 @@ class Sbc:
 
     def kamcmd(self, *args: str) -> str:
         """kamcmd over the ctl socket, as an operator would change things by hand."""
-        res = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl_sock}", *args],
-                             capture_output=True, text=True, timeout=10, check=False)
+        res = subprocess.run(
+            ["kamcmd", "-s", f"unix:{self.ctl_sock}", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if res.returncode:
             raise RuntimeError(f"kamcmd {' '.join(args)}: {(res.stderr or res.stdout).strip()}")
         return res.stdout
@@ -360,24 +497,39 @@ def free_udp_tcp_port(ip: str = "127.0.0.1") -> int:
 def write_ds_list(path: Path, rows: Sequence[tuple[int, str, int, int, str]]) -> Path:
     """A dispatcher.list: rows of (setid, uri, flags, priority, attrs)."""
     lines = ["# setid uri flags priority attrs"]
-    lines += [f"{setid} {uri} {flags} {prio} {attrs}".rstrip()
-              for setid, uri, flags, prio, attrs in rows]
+    lines += [
+        f"{setid} {uri} {flags} {prio} {attrs}".rstrip() for setid, uri, flags, prio, attrs in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 @contextmanager
-def sbc(tmp: Path, ds_list: Path = SBC_LIST, *, sip_ip: str = "127.0.0.1",
-        sip_port: int | None = None, rpc_ip: str | None = None, rpc_port: int | None = None,
-        netns: str | None = None, **defines: str | int) -> Iterator[Sbc]:
+def sbc(
+    tmp: Path,
+    ds_list: Path = SBC_LIST,
+    *,
+    sip_ip: str = "127.0.0.1",
+    sip_port: int | None = None,
+    rpc_ip: str | None = None,
+    rpc_port: int | None = None,
+    netns: str | None = None,
+    **defines: str | int,
+) -> Iterator[Sbc]:
     """Start Kamailio with configs/kamailio/kamailio.cfg; extra defines as keywords,
     e.g. DS_PING_INTERVAL=1, DS_PROBING_MODE=1, TRUSTED_NET="10.0.0.0/8".
 
     Ports default to free ones (pick them yourself inside a namespace)."""
-    k = Sbc(tmp=tmp, ds_list=ds_list, sip_ip=sip_ip,
-            sip_port=sip_port or free_udp_tcp_port(sip_ip),
-            rpc_ip=rpc_ip or sip_ip, rpc_port=rpc_port or procs.free_port(socket.SOCK_STREAM),
-            netns=netns, defines=dict(defines))
+    k = Sbc(
+        tmp=tmp,
+        ds_list=ds_list,
+        sip_ip=sip_ip,
+        sip_port=sip_port or free_udp_tcp_port(sip_ip),
+        rpc_ip=rpc_ip or sip_ip,
+        rpc_port=rpc_port or procs.free_port(socket.SOCK_STREAM),
+        netns=netns,
+        defines=dict(defines),
+    )
     try:
         k.start()
         yield k

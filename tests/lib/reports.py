@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from agent.act.converge import ApplyReport
+from trunkguard.act.converge import ApplyReport
 
 WAIT = 5.0  # safety net only: every wait ends on an event
 

@@ -30,12 +30,21 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.engine import Engine, Inputs, Step
-from agent.core.events import Decision, State, Verdict
-from agent.core.health import HealthParams
-from agent.core.policy import GroupSpec, PathSpec
-from agent.core.sensor import Level, SensorSpec
-from agent.core.site import AllOf, AnyOf, Match, Rule, SiteChange, SiteSpec, SiteState, evaluate
+from trunkguard.core.engine import Engine, Inputs, Step
+from trunkguard.core.events import Decision, State, Verdict
+from trunkguard.core.health import HealthParams
+from trunkguard.core.policy import GroupSpec, PathSpec
+from trunkguard.core.sensor import Level, SensorSpec
+from trunkguard.core.site import (
+    AllOf,
+    AnyOf,
+    Match,
+    Rule,
+    SiteChange,
+    SiteSpec,
+    SiteState,
+    evaluate,
+)
 
 ROOMS = ("room:a", "room:b", "room:c")
 CHILLER = "chiller"

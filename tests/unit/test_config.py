@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_config, parse_duration
+from trunkguard.config import ConfigError, load_config, parse_config, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("trunk:carrier-b]", "trunk:carier-b]"))
     r = subprocess.run(
-        [sys.executable, "-m", "agent", "check-config", "-c", str(bad)],
+        [sys.executable, "-m", "trunkguard", "check-config", "-c", str(bad)],
         capture_output=True,
         text=True,
         check=False,
@@ -127,14 +127,21 @@ def test_check_config_cli(tmp_path: Path) -> None:
     ]
     assert "Traceback" not in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "agent", "check-config", "-c", str(ROOT / "configs/example.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "trunkguard",
+            "check-config",
+            "-c",
+            str(ROOT / "configs/example.yaml"),
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert r.returncode == 0, r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "agent", "check-config", "-c", str(tmp_path / "nope.yaml")],
+        [sys.executable, "-m", "trunkguard", "check-config", "-c", str(tmp_path / "nope.yaml")],
         capture_output=True,
         text=True,
         check=False,
@@ -175,8 +182,10 @@ def test_transports_tls_and_quorum(tmp_path: Path) -> None:
     assert cfg.tls_for("carrier-b").ca_file == str(ca)  # type: ignore[union-attr]
     bad = text.replace(str(ca), str(tmp_path / "nope.pem"))
     assert any(p.startswith("trunks.carrier-b.tls.ca_file: cannot read") for p in problems(bad))
-    bad = text.replace('"sip:carrier.test;transport=tcp", healthy_when: 2',
-                       '"sip:carrier.test;transport=tcp", tls: {verify: false}')
+    bad = text.replace(
+        '"sip:carrier.test;transport=tcp", healthy_when: 2',
+        '"sip:carrier.test;transport=tcp", tls: {verify: false}',
+    )
     assert any("tls settings need a sips: URI" in p for p in problems(bad))
     bad = text.replace("healthy_when: 2", "healthy_when: most")
     assert any(p.startswith("trunks.carrier-c.healthy_when") for p in problems(bad))

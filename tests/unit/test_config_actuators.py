@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, parse_config
-from agent.daemon import build_actuators, template_context
+from trunkguard.config import ConfigError, parse_config
+from trunkguard.daemon import build_actuators, template_context
 
 
 def text(tmp: Path, template: str = "{{ routes.pstn.vars.host }}\n") -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import ConfigError, parse_config
-from agent.core.site import AllOf, AnyOf, Match
+from trunkguard.config import ConfigError, parse_config
+from trunkguard.core.site import AllOf, AnyOf, Match
 
 SITE = """\
 site: dc1

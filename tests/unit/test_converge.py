@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from agent.act.base import Actuator, ActuatorError
-from agent.act.converge import ApplyReport, Converger
 from tests.lib.reports import Reports
+from trunkguard.act.base import Actuator, ActuatorError
+from trunkguard.act.converge import ApplyReport, Converger
 
 WAIT = 5.0  # safety net only: every wait below ends on an event
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.sip.dns import Destination
+from trunkguard.sip.dns import Destination
 
 
 @pytest.mark.parametrize(
@@ -72,8 +72,8 @@ def test_key_is_topic_safe_and_round_trips(
 
 
 async def test_system_resolver_reads_hosts_file_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from agent.sip.dns import SipResolver
-    from agent.sip.uri import parse_uri
+    from trunkguard.sip.dns import SipResolver
+    from trunkguard.sip.uri import parse_uri
 
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost sbc.local\n::1 localhost ip6-localhost\n# 10.0.0.1 x\n")

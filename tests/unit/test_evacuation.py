@@ -7,13 +7,13 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.core.engine import Engine, Inputs, Step
-from agent.core.events import Decision, State, Verdict
-from agent.core.health import HealthParams
-from agent.core.link import LinkParams
-from agent.core.policy import GroupSpec, PathSpec
-from agent.core.sensor import SensorSpec
-from agent.core.site import AllOf, AnyOf, Match, Rule, SiteSpec, SiteState
+from trunkguard.core.engine import Engine, Inputs, Step
+from trunkguard.core.events import Decision, State, Verdict
+from trunkguard.core.health import HealthParams
+from trunkguard.core.link import LinkParams
+from trunkguard.core.policy import GroupSpec, PathSpec
+from trunkguard.core.sensor import SensorSpec
+from trunkguard.core.site import AllOf, AnyOf, Match, Rule, SiteSpec, SiteState
 
 P = HealthParams(interval=1.0, fast_interval=0.2, rise=1, fall=1)
 LOCAL, REMOTE, REMOTE2 = "trunk:local", "trunk:remote", "trunk:remote2"

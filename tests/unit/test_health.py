@@ -1,5 +1,5 @@
-from agent.core.events import State, Verdict
-from agent.core.health import HealthParams, TargetHealth, detection_bound
+from trunkguard.core.events import State, Verdict
+from trunkguard.core.health import HealthParams, TargetHealth, detection_bound
 
 P = HealthParams(interval=1.0, fast_interval=0.2, rise=2, fall=3)
 

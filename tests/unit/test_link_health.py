@@ -5,8 +5,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.events import State, Transition
-from agent.core.link import LinkHealth, LinkParams
+from trunkguard.core.events import State, Transition
+from trunkguard.core.link import LinkHealth, LinkParams
 
 U, D, M = State.UP, State.DOWN, State.MAINTENANCE
 

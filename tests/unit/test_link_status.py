@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.watch.links import DOWN_CONDITIONS, LinkFacts, LinkSpec, link_status
+from trunkguard.watch.links import DOWN_CONDITIONS, LinkFacts, LinkSpec, link_status
 
 UP = LinkFacts(
     present=True,
@@ -33,8 +33,10 @@ def test_each_condition_and_its_reason() -> None:
     cases = [
         (LinkFacts(), "interface eth1 missing"),
         (replace(UP, admin_up=False, carrier=False), "eth1 administratively down"),
-        (replace(UP, carrier=False, operstate="lowerlayerdown"),
-         "eth1 no carrier (operstate lowerlayerdown)"),
+        (
+            replace(UP, carrier=False, operstate="lowerlayerdown"),
+            "eth1 no carrier (operstate lowerlayerdown)",
+        ),
         (replace(UP, addresses=frozenset({"198.51.100.7"})), "address 192.0.2.2 removed from eth1"),
         (replace(UP, neighbour="failed"), "gateway 192.0.2.1 unreachable (neighbour failed)"),
     ]
@@ -61,7 +63,8 @@ def test_reasons_come_in_order() -> None:
 @pytest.mark.parametrize("operstate", ["down", "lowerlayerdown", "notpresent"])
 def test_operstate_without_carrier_even_if_lower_up(operstate: str) -> None:
     assert link_status(V4, replace(UP, operstate=operstate)) == (
-        False, f"eth1 no carrier (operstate {operstate})"
+        False,
+        f"eth1 no carrier (operstate {operstate})",
     )
 
 
@@ -73,8 +76,13 @@ def test_lower_up_clear_is_no_carrier_whatever_operstate(operstate: str) -> None
 
 def test_loopback_operstate_unknown_with_lower_up_is_up() -> None:
     lo = LinkSpec("loop", "lo", address="127.0.0.1")
-    facts = LinkFacts(present=True, admin_up=True, carrier=True, operstate="unknown",
-                      addresses=frozenset({"127.0.0.1", "::1"}))
+    facts = LinkFacts(
+        present=True,
+        admin_up=True,
+        carrier=True,
+        operstate="unknown",
+        addresses=frozenset({"127.0.0.1", "::1"}),
+    )
     assert link_status(lo, facts) == (True, "up")
 
 
@@ -105,7 +113,8 @@ def test_named_address_is_compared_as_an_address_not_as_text() -> None:
     spec = LinkSpec("v6", "eth1", address="2001:DB8:0::2")
     assert link_status(spec, UP) == (True, "up")
     assert link_status(spec, replace(UP, addresses=frozenset({"2001:db8::3"}))) == (
-        False, "address 2001:DB8:0::2 removed from eth1"
+        False,
+        "address 2001:DB8:0::2 removed from eth1",
     )
 
 

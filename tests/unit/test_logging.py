@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
-from agent.obs import logging as tglog
-from agent.obs.logging import configure_logging, get_logger
+from trunkguard.obs import logging as tglog
+from trunkguard.obs.logging import configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)

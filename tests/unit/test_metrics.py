@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from agent import __version__
-from agent.obs.metrics import Metrics
 from tests.lib.procs import free_port
+from trunkguard import __version__
+from trunkguard.obs.metrics import Metrics
 
 
 @pytest.fixture

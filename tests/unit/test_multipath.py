@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.events import State
-from agent.core.policy import GroupPolicy, GroupSpec, PathSpec
+from trunkguard.core.events import State
+from trunkguard.core.policy import GroupPolicy, GroupSpec, PathSpec
 
 A, B, C, R = "trunk:a", "trunk:b", "trunk:c", "trunk:r"
 U, D = State.UP, State.DOWN

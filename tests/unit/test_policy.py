@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.engine import Engine
-from agent.core.events import State, Verdict
-from agent.core.health import HealthParams
-from agent.core.policy import GroupPolicy, GroupSpec, PathSpec
+from trunkguard.core.engine import Engine
+from trunkguard.core.events import State, Verdict
+from trunkguard.core.health import HealthParams
+from trunkguard.core.policy import GroupPolicy, GroupSpec, PathSpec
 
 A, B = "trunk:a", "trunk:b"
 SPEC = GroupSpec("out", (PathSpec("pa", (A,)), PathSpec("pb", (B,))), "auto", 30.0)

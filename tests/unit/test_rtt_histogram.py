@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from agent.obs.metrics import RTT_BUCKETS
-from agent.obs.rtt import CompactHistogram
+from trunkguard.obs.metrics import RTT_BUCKETS
+from trunkguard.obs.rtt import CompactHistogram
 
 
 @settings(max_examples=50, deadline=None)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.sensor import Level, Reading, SensorChange, SensorHealth, SensorSpec
+from trunkguard.core.sensor import Level, Reading, SensorChange, SensorHealth, SensorSpec
 
 ROOM = SensorSpec("room", warn=27.0, critical=32.0, hysteresis=1.0, window=300.0, unit="°C")
 # Too low is bad: e.g. a coolant loop pressure in bar.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.watch.sensor_parse import (
+from trunkguard.watch.sensor_parse import (
     FALSE_WORDS,
     TRUE_WORDS,
     SensorReadError,

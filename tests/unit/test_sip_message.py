@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sip.message import (
+from trunkguard.sip.message import (
     OptionsTemplate,
     _head,
     build_options,
@@ -21,10 +21,18 @@ from agent.sip.message import (
 
 def options(**kw: object) -> bytes:
     args: dict[str, object] = dict(
-        request_uri="sip:192.0.2.1:5060", via_host="192.0.2.2", via_port=40000,
-        branch="z9hG4bKabc123", call_id="cid1@192.0.2.2", from_uri="sip:trunkguard@192.0.2.2",
-        from_tag="ft1", to_uri="sip:192.0.2.1:5060", cseq=1,
-        contact="sip:trunkguard@192.0.2.2:40000", user_agent="trunkguard/0.1")
+        request_uri="sip:192.0.2.1:5060",
+        via_host="192.0.2.2",
+        via_port=40000,
+        branch="z9hG4bKabc123",
+        call_id="cid1@192.0.2.2",
+        from_uri="sip:trunkguard@192.0.2.2",
+        from_tag="ft1",
+        to_uri="sip:192.0.2.1:5060",
+        cseq=1,
+        contact="sip:trunkguard@192.0.2.2:40000",
+        user_agent="trunkguard/0.1",
+    )
     args.update(kw)
     return build_options(**args)  # type: ignore[arg-type]
 
@@ -61,8 +69,9 @@ def test_build_options_layout() -> None:
 
 
 def test_build_options_brackets_ipv6_via() -> None:
-    assert b"Via: SIP/2.0/UDP [2001:db8::2]:5060;rport;" in options(via_host="2001:db8::2",
-                                                                     via_port=5060)
+    assert b"Via: SIP/2.0/UDP [2001:db8::2]:5060;rport;" in options(
+        via_host="2001:db8::2", via_port=5060
+    )
 
 
 @pytest.mark.parametrize("field", ["call_id", "user_agent", "from_tag", "request_uri"])
@@ -82,7 +91,13 @@ def test_parse_response_fields() -> None:
     r = parse_response(RESPONSE)
     assert r is not None
     assert (r.code, r.phrase, r.via_branch, r.call_id, r.cseq_num, r.cseq_method) == (
-        200, "OK", "z9hG4bKabc123", "cid1@192.0.2.2", 1, "OPTIONS")
+        200,
+        "OK",
+        "z9hG4bKabc123",
+        "cid1@192.0.2.2",
+        1,
+        "OPTIONS",
+    )
     assert r.retry_after is None
     assert r.header("TO") == "<sip:192.0.2.1:5060>;tag=tt1"
     assert r.header("t") == r.header("to")
@@ -103,15 +118,29 @@ def test_parse_response_compact_case_folding_and_first_via() -> None:
     r = parse_response(data)
     assert r is not None
     assert (r.code, r.phrase, r.via_branch, r.call_id, r.cseq_num, r.cseq_method) == (
-        503, "Service  Unavailable", "z9hG4bKfirst", "cid2", 7, "OPTIONS")
+        503,
+        "Service  Unavailable",
+        "z9hG4bKfirst",
+        "cid2",
+        7,
+        "OPTIONS",
+    )
     assert r.retry_after == 120
     assert [k for k, _ in r.headers].count("via") == 2
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(b"30", 30), (b" 0 ", 0), (b"18000;duration=3600", 18000), (b"120 (I'm away)", 120),
-     (b"soon", None), (b"", None), (b"99999999999", None), (b"-5", None)],
+    [
+        (b"30", 30),
+        (b" 0 ", 0),
+        (b"18000;duration=3600", 18000),
+        (b"120 (I'm away)", 120),
+        (b"soon", None),
+        (b"", None),
+        (b"99999999999", None),
+        (b"-5", None),
+    ],
 )
 def test_retry_after(value: bytes, expected: int | None) -> None:
     data = RESPONSE.replace(b"Content-Length", b"Retry-After: " + value + b"\r\nContent-Length")
@@ -157,19 +186,32 @@ def test_parse_request_and_build_response_round_trip() -> None:
     req = parse_request(options())
     assert req is not None
     assert (req.method, req.uri, req.via_branch, req.call_id, req.cseq_num, req.cseq_method) == (
-        "OPTIONS", "sip:192.0.2.1:5060", "z9hG4bKabc123", "cid1@192.0.2.2", 1, "OPTIONS")
+        "OPTIONS",
+        "sip:192.0.2.1:5060",
+        "z9hG4bKabc123",
+        "cid1@192.0.2.2",
+        1,
+        "OPTIONS",
+    )
     resp = parse_response(build_response(req, 404, "Not Found", "tt9"))
     assert resp is not None
     assert (resp.code, resp.phrase, resp.via_branch, resp.call_id, resp.cseq_num) == (
-        404, "Not Found", "z9hG4bKabc123", "cid1@192.0.2.2", 1)
+        404,
+        "Not Found",
+        "z9hG4bKabc123",
+        "cid1@192.0.2.2",
+        1,
+    )
     assert resp.header("to") == "<sip:192.0.2.1:5060>;tag=tt9"
     assert resp.header("from") == "<sip:trunkguard@192.0.2.2>;tag=ft1"
 
 
 def test_build_response_copies_all_vias_in_order_and_keeps_existing_tag() -> None:
-    data = (b"OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"
-            b"Via: SIP/2.0/UDP b;branch=z9hG4bK2, SIP/2.0/UDP c;branch=z9hG4bK3\r\n"
-            b"f: <sip:a@b>;tag=1\r\nt: sip:c@d;tag=already\r\ni: c\r\nCSeq: 2 OPTIONS\r\n\r\n")
+    data = (
+        b"OPTIONS sip:x SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"
+        b"Via: SIP/2.0/UDP b;branch=z9hG4bK2, SIP/2.0/UDP c;branch=z9hG4bK3\r\n"
+        b"f: <sip:a@b>;tag=1\r\nt: sip:c@d;tag=already\r\ni: c\r\nCSeq: 2 OPTIONS\r\n\r\n"
+    )
     req = parse_request(data)
     assert req is not None
     text = build_response(req, 200, "OK", "new").decode()
@@ -208,12 +250,27 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
         if op == "flip" and data:
             data[pos] = draw(st.integers(0, 255))
         elif op == "insert":
-            data[pos:pos] = draw(st.sampled_from([b"\r\n", b" ", b":", b",", b";", b"\x00",
-                                                 b"\xff", b"9" * 20, b"\r\n ", b"<", b'"']))
+            data[pos:pos] = draw(
+                st.sampled_from(
+                    [
+                        b"\r\n",
+                        b" ",
+                        b":",
+                        b",",
+                        b";",
+                        b"\x00",
+                        b"\xff",
+                        b"9" * 20,
+                        b"\r\n ",
+                        b"<",
+                        b'"',
+                    ]
+                )
+            )
         elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 10))]
+            del data[pos : pos + draw(st.integers(1, 10))]
         elif op == "dup":
-            data[pos:pos] = data[pos:pos + draw(st.integers(1, 40))]
+            data[pos:pos] = data[pos : pos + draw(st.integers(1, 40))]
     return bytes(data)
 
 
@@ -236,26 +293,44 @@ def test_parse_request_never_raises_on_mutations(data: bytes) -> None:
 _word = st.from_regex(r"[A-Za-z0-9.\-]{1,20}", fullmatch=True)
 
 
-@given(branch=_word.map(lambda w: "z9hG4bK" + w), call_id=_word, tag=_word,
-       cseq=st.integers(0, 2**31 - 1), code=st.integers(100, 699),
-       phrase=st.from_regex(r"[A-Za-z][A-Za-z ]{0,20}[A-Za-z]", fullmatch=True))
-def test_build_parse_round_trip(branch: str, call_id: str, tag: str, cseq: int, code: int,
-                                phrase: str) -> None:
+@given(
+    branch=_word.map(lambda w: "z9hG4bK" + w),
+    call_id=_word,
+    tag=_word,
+    cseq=st.integers(0, 2**31 - 1),
+    code=st.integers(100, 699),
+    phrase=st.from_regex(r"[A-Za-z][A-Za-z ]{0,20}[A-Za-z]", fullmatch=True),
+)
+def test_build_parse_round_trip(
+    branch: str, call_id: str, tag: str, cseq: int, code: int, phrase: str
+) -> None:
     req = parse_request(options(branch=branch, call_id=call_id, from_tag=tag, cseq=cseq))
     assert req is not None
     assert (req.via_branch, req.call_id, req.cseq_num) == (branch, call_id, cseq)
     resp = parse_response(build_response(req, code, phrase, "tt"))
     assert resp is not None
-    assert (resp.code, resp.phrase, resp.via_branch, resp.call_id, resp.cseq_num,
-            resp.cseq_method) == (code, phrase, branch, call_id, cseq, "OPTIONS")
+    assert (
+        resp.code,
+        resp.phrase,
+        resp.via_branch,
+        resp.call_id,
+        resp.cseq_num,
+        resp.cseq_method,
+    ) == (code, phrase, branch, call_id, cseq, "OPTIONS")
 
 
 # --- OptionsTemplate: the prober's precomputed messages --------------------------------------
 
 TEMPLATE_FIELDS: dict[str, object] = dict(
-    request_uri="sip:192.0.2.1:5060", via_host="192.0.2.2", via_port=40000,
-    from_uri="sip:trunkguard@192.0.2.2", to_uri="sip:192.0.2.1:5060", cseq=1,
-    contact="sip:trunkguard@192.0.2.2:40000", user_agent="trunkguard/0.1")
+    request_uri="sip:192.0.2.1:5060",
+    via_host="192.0.2.2",
+    via_port=40000,
+    from_uri="sip:trunkguard@192.0.2.2",
+    to_uri="sip:192.0.2.1:5060",
+    cseq=1,
+    contact="sip:trunkguard@192.0.2.2:40000",
+    user_agent="trunkguard/0.1",
+)
 
 
 def _fields(msg: bytes) -> dict[str, str]:
@@ -263,15 +338,20 @@ def _fields(msg: bytes) -> dict[str, str]:
     return {line.split(":", 1)[0]: line.split(": ", 1)[1] for line in lines[1:] if line}
 
 
-@pytest.mark.parametrize(("via_host", "me"), [("192.0.2.2", "192.0.2.2"),
-                                             ("2001:db8::2", "[2001:db8::2]")])
+@pytest.mark.parametrize(
+    ("via_host", "me"), [("192.0.2.2", "192.0.2.2"), ("2001:db8::2", "[2001:db8::2]")]
+)
 def test_template_fresh_is_build_options_with_new_ids(via_host: str, me: str) -> None:
     fields = TEMPLATE_FIELDS | {"via_host": via_host}
     template = OptionsTemplate(**fields, call_id_host=me)  # type: ignore[arg-type]
     branch, call_id, msg = template.fresh()
     tag = _fields(msg)["From"].rpartition(";tag=")[2]
-    assert msg == build_options(**fields, branch=branch, call_id=call_id,  # type: ignore[arg-type]
-                                from_tag=tag)
+    assert msg == build_options(
+        **fields,
+        branch=branch,
+        call_id=call_id,  # type: ignore[arg-type]
+        from_tag=tag,
+    )
     assert re.fullmatch(r"z9hG4bK[0-9a-f]{24}", branch)  # 96 bits, like new_branch()
     assert re.fullmatch(r"[0-9a-f]{16}", tag)  # 64 bits, like new_tag()
     assert re.fullmatch(rf"[0-9a-f]{{24}}@{re.escape(me)}", call_id)  # like new_call_id()
@@ -290,23 +370,28 @@ def test_template_ids_are_fresh_and_independent() -> None:
 
 def test_template_render_matches_and_checks_ids() -> None:
     template = OptionsTemplate(**TEMPLATE_FIELDS)  # type: ignore[arg-type]
-    assert template.render(branch="z9hG4bKabc123", call_id="cid1@192.0.2.2",
-                           from_tag="ft1") == options()
+    assert (
+        template.render(branch="z9hG4bKabc123", call_id="cid1@192.0.2.2", from_tag="ft1")
+        == options()
+    )
     for bad in ({"branch": "z9hG4bK\r\nX: 1"}, {"call_id": "c\n"}, {"from_tag": "t\0"}):
         ids = {"branch": "z9hG4bK1", "call_id": "c", "from_tag": "t"} | bad
         with pytest.raises(ValueError):
             template.render(**ids)
 
 
-@pytest.mark.parametrize("field", ["request_uri", "via_host", "from_uri", "to_uri", "contact",
-                                   "user_agent", "call_id_host"])
+@pytest.mark.parametrize(
+    "field",
+    ["request_uri", "via_host", "from_uri", "to_uri", "contact", "user_agent", "call_id_host"],
+)
 def test_template_refuses_header_injection(field: str) -> None:
     with pytest.raises(ValueError):
         OptionsTemplate(**(TEMPLATE_FIELDS | {field: "x\r\nEvil: 1"}))  # type: ignore[arg-type]
 
 
 @settings(max_examples=500)
-@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" "]), max_size=30)
-       .map(b"".join))
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" "]), max_size=30).map(b"".join)
+)
 def test_head_ends_at_the_first_empty_line(data: bytes) -> None:
     assert _head(data) == re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]

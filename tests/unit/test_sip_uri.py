@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.sip.uri import SipUri, parse_uri
+from trunkguard.sip.uri import SipUri, parse_uri
 
 
 @pytest.mark.parametrize(
@@ -17,8 +17,10 @@ from agent.sip.uri import SipUri, parse_uri
         ("sip:[2001:DB8:0::1]", SipUri("sip", None, "2001:db8::1", None, ())),
         ("sips:+4930123@gw.example.net", SipUri("sips", "+4930123", "gw.example.net", None, ())),
         ("sip:alice:secret@h.example", SipUri("sip", "alice:secret", "h.example", None, ())),
-        ("sip:h.example;Transport=TCP;lr",
-         SipUri("sip", None, "h.example", None, (("transport", "TCP"), ("lr", None)))),
+        (
+            "sip:h.example;Transport=TCP;lr",
+            SipUri("sip", None, "h.example", None, (("transport", "TCP"), ("lr", None))),
+        ),
         ("  sip:h.example.  ", SipUri("sip", None, "h.example.", None, ())),
     ],
 )
@@ -62,8 +64,13 @@ def test_parse_invalid_has_one_line_reason(text: str, reason: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "transport"),
-    [("sip:h", "udp"), ("sips:h", "tls"), ("sip:h;transport=TCP", "tcp"),
-     ("sips:h;transport=tcp", "tls"), ("sip:h;transport=tls", "tls")],
+    [
+        ("sip:h", "udp"),
+        ("sips:h", "tls"),
+        ("sip:h;transport=TCP", "tcp"),
+        ("sips:h;transport=tcp", "tls"),
+        ("sip:h;transport=tls", "tls"),
+    ],
 )
 def test_transport(text: str, transport: str) -> None:
     assert parse_uri(text).transport == transport
@@ -100,14 +107,24 @@ _hosts = st.one_of(
     st.ip_addresses(v=6).map(lambda a: a.compressed),
 )
 _params = st.lists(
-    st.tuples(st.sampled_from(["transport", "lr", "maddr", "x-y"]),
-              st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True))),
-    max_size=4, unique_by=lambda kv: kv[0],
+    st.tuples(
+        st.sampled_from(["transport", "lr", "maddr", "x-y"]),
+        st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True)),
+    ),
+    max_size=4,
+    unique_by=lambda kv: kv[0],
 )
 
 
-@given(st.builds(SipUri, st.just("sip"),
-                 st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9+]{1,10}", fullmatch=True)),
-                 _hosts, st.one_of(st.none(), st.integers(1, 65535)), _params.map(tuple)))
+@given(
+    st.builds(
+        SipUri,
+        st.just("sip"),
+        st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9+]{1,10}", fullmatch=True)),
+        _hosts,
+        st.one_of(st.none(), st.integers(1, 65535)),
+        _params.map(tuple),
+    )
+)
 def test_generated_uris_round_trip(uri: SipUri) -> None:
     assert parse_uri(str(uri)) == uri

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.events import State
-from agent.core.sensor import Level, SensorHealth, SensorSpec
-from agent.core.site import (
+from trunkguard.core.events import State
+from trunkguard.core.sensor import Level, SensorHealth, SensorSpec
+from trunkguard.core.site import (
     AllOf,
     AnyOf,
     Match,

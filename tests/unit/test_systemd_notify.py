@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.obs import systemd
+from trunkguard.obs import systemd
 
 
 @pytest.fixture

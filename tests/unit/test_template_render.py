@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent.act.base import ActuatorError
-from agent.act.template import TemplateActuator, TemplateSpec, check_template
+from trunkguard.act.base import ActuatorError
+from trunkguard.act.template import TemplateActuator, TemplateSpec, check_template
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "configs" / "templates"
 

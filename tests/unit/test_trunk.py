@@ -2,11 +2,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.engine import Engine
-from agent.core.events import State, Verdict
-from agent.core.health import HealthParams
-from agent.core.policy import GroupSpec, PathSpec
-from agent.core.trunk import Quorum, TrunkHealth
+from trunkguard.core.engine import Engine
+from trunkguard.core.events import State, Verdict
+from trunkguard.core.health import HealthParams
+from trunkguard.core.policy import GroupSpec, PathSpec
+from trunkguard.core.trunk import Quorum, TrunkHealth
 
 P = HealthParams(interval=1.0, fast_interval=0.2, rise=1, fall=1)
 X, Y = "192.0.2.1:5060", "[2001:db8::1]:5060"

@@ -1,0 +1,3 @@
+from trunkguard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""MQTT publisher: the agent's state for peers and operators (and sensor topics in).
+
+publish() never blocks and never raises, so probes and the core can call it from
+anywhere on the loop. Retained topics are cached (latest value per topic) and
+republished after every reconnect: with a non-persistent broker or a broker restart
+the retained state would otherwise be gone. A Last Will marks the node offline when
+the connection dies; a deliberate stop() publishes offline itself, because a clean
+DISCONNECT makes the broker discard the Will.
+
+Subscriptions (facility/BMS sensor topics) are declared with set_subscriptions()
+and made again on every connection; a handler gets (topic, payload) on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from structlog.typing import FilteringBoundLogger
+
+from trunkguard.obs.logging import get_logger
+
+STATUS = "status"
+ONLINE = b"online"
+OFFLINE = b"offline"
+_WILDCARDS = ("+", "#")
+Handler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int = 1883
+    site: str = "site"
+    node: str = "node"
+    prefix: str = "trunkguard"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    keepalive: float = 10.0
+    qos: int = 1
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure: bool = False  # skip the hostname check only (like mosquitto_pub --insecure)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    tls: bool = False  # TLS with the system trust store; implied by tls_ca_file/tls_cert_file
+
+    def __post_init__(self) -> None:
+        for name in ("site", "node"):
+            value = getattr(self, name)
+            if not value or "/" in value or any(w in value for w in _WILDCARDS):
+                raise ValueError(f"mqtt {name} must be one topic level: {value!r}")
+        if not self.prefix.strip("/") or any(w in self.prefix for w in _WILDCARDS):
+            raise ValueError(f"mqtt prefix is not a valid topic prefix: {self.prefix!r}")
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"mqtt qos must be 0, 1 or 2: {self.qos}")
+        if self.keepalive <= 0 or not 0 < self.backoff_initial <= self.backoff_max:
+            raise ValueError("mqtt keepalive and backoff must be positive, initial <= max")
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca_file or self.tls_cert_file)
+
+
+def encode(payload: Mapping[str, Any] | str | bytes) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+class MqttPublisher:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        log: FilteringBoundLogger | None = None,
+        on_connected: Callable[[bool], None] | None = None,
+        queue_max: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self._log = (log or get_logger("trunkguard.bus.mqtt")).bind(
+            broker=f"{settings.host}:{settings.port}"
+        )
+        self._on_connected = on_connected
+        self._retained: dict[str, bytes] = {}
+        self._dirty: dict[str, None] = {}  # retained topics not yet sent this session
+        self._queue: deque[tuple[str, bytes]] = deque(maxlen=max(1, queue_max))
+        self._dropped = 0
+        self._connected = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None
+        self._flush_deadline = 0.0  # loop time; set by stop()
+        self._paho = _PahoDetail()
+        self._paho_log = self._paho.logger()
+        self._handlers: dict[str, Handler] = {}
+        self._subscribed: set[str] = set()  # in this session
+
+    @property
+    def base(self) -> str:
+        s = self.settings
+        return f"{s.prefix.strip('/')}/{s.site}/{s.node}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def dropped(self) -> int:
+        """Non-retained messages dropped because the queue was full."""
+        return self._dropped
+
+    def topic(self, subtopic: str) -> str:
+        sub = subtopic.strip("/")
+        if not sub or any(w in sub for w in _WILDCARDS):
+            raise ValueError(f"invalid subtopic {subtopic!r}")
+        return f"{self.base}/{sub}"
+
+    def publish(
+        self, subtopic: str, payload: Mapping[str, Any] | str | bytes, *, retain: bool = False
+    ) -> None:
+        """Queue a message; retained ones are cached. b"" with retain=True clears the topic."""
+        try:
+            if subtopic.strip("/") == STATUS:
+                raise ValueError("status is reserved for online/offline")
+            topic, data = self.topic(subtopic), encode(payload)
+        except Exception as exc:  # the caller's bug must not take down the caller
+            self._log.warning("mqtt.publish_rejected", subtopic=subtopic, error=str(exc))
+            return
+        if retain:
+            self._retained[topic] = data
+            self._dirty[topic] = None
+        else:
+            if len(self._queue) == self._queue.maxlen:
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 1000 == 0:
+                    self._log.warning("mqtt.queue_full", dropped=self._dropped)
+            self._queue.append((topic, data))
+        self._wake.set()
+
+    def set_subscriptions(self, handlers: Mapping[str, Handler]) -> None:
+        """The topics to receive (concrete, no wildcards) and who gets each message."""
+        for topic in handlers:
+            if not topic or any(w in topic for w in _WILDCARDS):
+                raise ValueError(f"invalid topic to subscribe {topic!r}")
+        self._handlers = dict(handlers)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, publish and reconnect until stop(); never raises MqttError."""
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("MqttPublisher.run() is already running")
+        self._task = asyncio.current_task()
+        self._finished.clear()
+        s = self.settings
+        delay = s.backoff_initial
+        try:
+            while not self._stop.is_set():
+                try:
+                    async with self._client() as client:
+                        self._set_connected(True)
+                        delay = s.backoff_initial
+                        self._paho.take()  # stale detail from before this connection
+                        self._log.info("mqtt.connected", base=self.base)
+                        await self._session(client)
+                except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS files unreadable
+                    event = "mqtt.disconnected" if self._connected else "mqtt.connect_failed"
+                    self._set_connected(False)
+                    detail = self._paho.take()
+                    extra = {"detail": detail} if detail else {}
+                    self._log.warning(
+                        event, error=_describe(exc), retry_in=round(delay, 3), **extra
+                    )
+                    await self._backoff(delay)
+                    delay = min(delay * 2, s.backoff_max)
+                finally:
+                    self._set_connected(False)
+            self._log.info("mqtt.stopped")
+        finally:
+            self._finished.set()
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Publish retained offline and disconnect cleanly, within `timeout` seconds."""
+        self._flush_deadline = asyncio.get_running_loop().time() + timeout / 2
+        self._stop.set()
+        self._wake.set()
+        task = self._task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        try:
+            await asyncio.wait_for(self._finished.wait(), timeout)
+        except TimeoutError:
+            self._log.warning("mqtt.stop_timeout", timeout=timeout)
+            task.cancel()
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            logger=self._paho_log,
+            will=aiomqtt.Will(self.topic(STATUS), OFFLINE, qos=1, retain=True),
+            keepalive=max(1, round(s.keepalive)),
+            timeout=max(1.0, min(s.keepalive, 10.0)),
+            tls_context=self._tls_context() if s.use_tls else None,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # Built per connection attempt so renewed certificates are picked up.
+        s = self.settings
+        ctx = ssl.create_default_context(cafile=s.tls_ca_file)
+        if s.tls_cert_file:
+            ctx.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+        ctx.check_hostname = not s.tls_insecure
+        return ctx
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        status = self.topic(STATUS)
+        self._subscribed = set()
+        watcher = asyncio.create_task(self._receive(client))
+        try:
+            if not self._stop.is_set():
+                await self._guard(client.publish(status, ONLINE, qos=1, retain=True), watcher)
+                self._dirty = dict.fromkeys(self._retained)
+                await self._pump(client, watcher)
+            await self._guard(client.publish(status, OFFLINE, qos=1, retain=True), watcher)
+        except asyncio.CancelledError:
+            # Cancelled without stop(): the clean disconnect that follows suppresses the
+            # Will, so say offline ourselves (best effort) rather than stay "online".
+            if not self._stop.is_set() and not watcher.done():
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(client.publish(status, OFFLINE, qos=1, retain=True), 1.0)
+            raise
+        finally:
+            watcher.cancel()
+            if watcher.done() and not watcher.cancelled():
+                watcher.exception()  # retrieved: the error is reported by the caller
+
+    async def _guard(self, call: Awaitable[object], watcher: asyncio.Task[None]) -> None:
+        """Await a publish, but fail at once when the connection drops: aiomqtt would
+        otherwise wait its full timeout for a PUBACK that can no longer come."""
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+        if task.done() and not task.cancelled():
+            task.result()  # raises the publish error, if any
+            return
+        if watcher.done():
+            watcher.result()  # raises the MqttError that ended the connection
+        raise aiomqtt.MqttError("disconnected")
+
+    async def _pump(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> None:
+        while not self._stop.is_set():
+            if self._subscribed != set(self._handlers):
+                await self._sync_subscriptions(client, watcher)
+            elif not await self._send_next(client, watcher):
+                self._wake.clear()
+                await self._guard(self._wake.wait(), watcher)
+        # Stopping: flush what is pending (typically the final state snapshot), with
+        # half of the stop budget, so that the offline status still fits in.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(self._flush_deadline):
+                while await self._send_next(client, watcher):
+                    pass
+
+    async def _sync_subscriptions(
+        self, client: aiomqtt.Client, watcher: asyncio.Task[None]
+    ) -> None:
+        wanted = set(self._handlers)
+        for topic in sorted(wanted - self._subscribed):
+            await self._guard(client.subscribe(topic, qos=1), watcher)
+            self._subscribed.add(topic)
+            self._log.info("mqtt.subscribed", topic=topic)
+        for topic in sorted(self._subscribed - wanted):
+            await self._guard(client.unsubscribe(topic), watcher)
+            self._subscribed.discard(topic)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        # Also the disconnection detector: iterating only ends with MqttError.
+        async for msg in client.messages:
+            topic = str(msg.topic)
+            handler = self._handlers.get(topic)
+            if handler is None:
+                continue
+            raw = msg.payload
+            data = raw if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            try:
+                handler(topic, bytes(data))
+            except Exception as exc:  # a handler's bug must not end the session
+                self._log.warning("mqtt.handler_failed", topic=topic, error=repr(exc))
+
+    async def _send_next(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> bool:
+        """Send one pending message; False when nothing is pending."""
+        qos = self.settings.qos
+        if self._dirty:  # retained first: they carry the current state peers act on
+            topic = next(iter(self._dirty))
+            data = self._retained[topic]
+            await self._guard(client.publish(topic, data, qos=qos, retain=True), watcher)
+            if self._retained[topic] is data:  # not replaced while we awaited
+                del self._dirty[topic]
+                if not data:  # the broker dropped the retained message: forget it too
+                    del self._retained[topic]
+        elif self._queue:
+            entry = self._queue[0]
+            await self._guard(client.publish(entry[0], entry[1], qos=qos), watcher)
+            if self._queue and self._queue[0] is entry:  # not dropped by overflow
+                self._queue.popleft()
+        else:
+            return False
+        return True
+
+    async def _backoff(self, delay: float) -> None:
+        # Jitter spreads reconnects of many agents after a broker restart.
+        wait = delay * random.uniform(0.8, 1.0)  # noqa: S311 - not cryptographic
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), wait)
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self._connected:
+            return
+        self._connected = value
+        if self._on_connected is not None:
+            try:
+                self._on_connected(value)
+            except Exception as exc:
+                self._log.warning("mqtt.on_connected_failed", error=repr(exc))
+
+
+class _PahoDetail(logging.Handler):
+    """Keeps paho's last warning/error (e.g. the errno of a lost connection) so it is
+    reported inside our one line per failure instead of as extra unstructured lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+    def take(self) -> str | None:
+        last, self.last = self.last, None
+        return last
+
+    def logger(self) -> logging.Logger:
+        log = logging.Logger("paho")  # outside the logging tree: nothing propagates
+        log.setLevel(logging.WARNING)
+        log.addHandler(self)
+        return log
+
+
+def _describe(exc: BaseException) -> str:
+    # aiomqtt chains the socket-level reason ("connection lost") as the cause.
+    text = str(exc) or type(exc).__name__
+    return f"{text}: {exc.__cause__}" if exc.__cause__ is not None else text

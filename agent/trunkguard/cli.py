@@ -1,0 +1,247 @@
+"""`trunkguard` command line: every failure is one clear line and an exit code, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from trunkguard import __version__
+from trunkguard.config import DEFAULT_PATH, ConfigError, load_config, parse_duration
+from trunkguard.control import ControlError, request
+
+
+def _seconds(text: str) -> float:
+    """CLI durations: '0.5' (seconds, like ping) or with a unit ('500ms')."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = parse_duration(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trunkguard", description="SIP trunk failover agent")
+    p.add_argument("--version", action="version", version=f"trunkguard {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-c", "--config", default=DEFAULT_PATH, help=f"config file ({DEFAULT_PATH})"
+        )
+
+    def with_socket(sp: argparse.ArgumentParser) -> None:
+        with_config(sp)
+        sp.add_argument("--socket", help="control socket (default: from the config)")
+
+    sp = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    with_config(sp)
+    sp.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+
+    sp = sub.add_parser("check-config", help="validate a config file")
+    with_config(sp)
+
+    sp = sub.add_parser("probe", help="send SIP OPTIONS like ping")
+    sp.add_argument("uri", help="sip:HOST[:PORT]")
+    sp.add_argument("-n", "--count", type=_count, default=4, help="probes to send, 0 = forever (4)")
+    sp.add_argument(
+        "-i", "--interval", type=_seconds, default=1.0, help="seconds between probes (1)"
+    )
+    sp.add_argument("-t", "--timeout", type=_seconds, default=2.0, help="per-probe deadline (2)")
+    sp.add_argument("--ok-codes", default="2xx", help="comma list of alive codes (2xx)")
+    sp.add_argument("--source", help="source address to send from")
+
+    sp = sub.add_parser("status", help="show targets and routes of the running daemon")
+    with_socket(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = sub.add_parser("failover", help="pin a route group to a path")
+    with_socket(sp)
+    sp.add_argument("group")
+    sp.add_argument("path")
+
+    sp = sub.add_parser("failback", help="release a pin and return to the preferred path now")
+    with_socket(sp)
+    sp.add_argument("group")
+
+    sp = sub.add_parser(
+        "maintenance",
+        help="put a target in or out of maintenance; 'site on|off' forces or ends evacuation",
+    )
+    with_socket(sp)
+    sp.add_argument("target", help="trunk:NAME, link:NAME (or just NAME), or site")
+    sp.add_argument("mode", choices=["on", "off"])
+
+    sp = sub.add_parser("lab", help="self-contained demo: two carriers, an outage, the timeline")
+    sp.add_argument("--hold", type=_seconds, default=3.0, help="failback hold in the demo (3s)")
+    sp.add_argument("--outage", type=_seconds, default=4.0, help="how long carrier A is dead (4s)")
+    return p
+
+
+def _err(msg: str) -> int:
+    print(f"trunkguard: {msg}", file=sys.stderr)
+    return 1
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    return load_config(args.config).control.socket
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    print(f"trunkguard {s['version']}  site {s['site']}  node {s['node']}  up {s['uptime_s']}s")
+    print()
+    print(f"{'TARGET':<28} {'STATE':<12} {'RTT':>9} {'CODE':>5}  REASON")
+    for name, t in s["targets"].items():
+        rtt = "-" if t.get("last_rtt_ms") is None else f"{t['last_rtt_ms']:.1f}ms"
+        code = t.get("last_code") or "-"
+        print(f"{name:<28} {t['state']:<12} {rtt:>9} {code!s:>5}  {t['reason']}")
+    for name, t in (s.get("links") or {}).items():
+        print(f"{name:<28} {t['state']:<12} {'-':>9} {'-':>5}  {t['reason']}")
+    sensors = s.get("sensors") or {}
+    if sensors:
+        print()
+        print(f"{'SENSOR':<20} {'STATE':<9} {'VALUE':>9} {'RATE/MIN':>9} {'TO CRIT':>8}  REASON")
+        for name, x in sensors.items():
+            value = "-" if x["value"] is None else f"{x['value']}{x['unit']}"
+            rate = "-" if x["rate_per_minute"] is None else f"{x['rate_per_minute']:+.2f}"
+            ttc = "-" if x["time_to_critical_s"] is None else f"{x['time_to_critical_s']:.0f}s"
+            print(f"{name:<20} {x['state']:<9} {value:>9} {rate:>9} {ttc:>8}  {x['reason']}")
+    ev = s.get("evacuation")
+    if ev and (ev["state"] != "normal" or ev["forced"] or ev["rule_holds"]):
+        forced = " (forced)" if ev["forced"] else ""
+        print()
+        print(f"SITE {ev['state'].upper()}{forced}: {ev['reason']}")
+    print()
+    print(f"{'ROUTE GROUP':<20} {'ACTIVE':<20} {'FAILBACK':<9} FLAGS")
+    for name, r in s["routes"].items():
+        flags = [
+            f
+            for f, on in (
+                ("ALARM:no-path", r["alarm"]),
+                ("waiting-for-verdicts", not r["ready"]),
+                ("evacuated", r.get("evacuated")),
+            )
+            if on
+        ]
+        if r["pinned"]:
+            flags.append(f"pinned={r['pinned']}")
+        print(f"{name:<20} {r['active'] or '-':<20} {r['failback']:<9} {' '.join(flags)}")
+        for p in r["paths"]:
+            mark = "*" if p["name"] == r["active"] else " "
+            ok = "ok" if p["qualifies"] else "--"
+            remote = " (remote)" if p.get("remote") else ""
+            needs = ", ".join(p["requires"]) or "nothing"
+            print(f"   {mark} {p['name']:<20} {ok}  requires {needs}{remote}")
+    acts = s.get("actuators") or {}
+    if acts:
+        print()
+        for name, a in acts.items():
+            print(f"actuator {name}: {'converged' if a['converged'] else 'NOT converged'}")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for p in e.problems:
+            print(
+                f"{args.config}: {p}" if not p.startswith(str(args.config)) else p, file=sys.stderr
+            )
+        return 1
+    print(
+        f"{args.config}: ok ({len(cfg.trunks)} trunks, {len(cfg.links)} links, "
+        f"{len(cfg.sensors)} sensors, {len(cfg.routes)} route groups)"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trunkguard.daemon import run_daemon
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"trunkguard: {args.config}: {p}", file=sys.stderr)
+        return 1
+    json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
+    return asyncio.run(run_daemon(args.config, cfg, json_logs=json_logs))
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    path = _socket_path(args)
+    if args.command == "status":
+        s = request(path, {"cmd": "status"})
+        if args.json:
+            print(json.dumps(s, indent=2, sort_keys=True))
+        else:
+            _print_status(s)
+        return 0
+    req: dict[str, Any] = {"cmd": args.command}
+    if args.command == "failover":
+        req |= {"group": args.group, "path": args.path}
+    elif args.command == "failback":
+        req |= {"group": args.group}
+    else:
+        req |= {"target": args.target, "on": args.mode == "on"}
+    res = request(path, req)
+    routes = ", ".join(f"{g}={p or '-'}" for g, p in res["routes"].items())
+    print(f"ok; routes now: {routes}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from trunkguard.sip.ping import ping
+
+    codes = [c.strip() for c in args.ok_codes.split(",") if c.strip()]
+    try:
+        return asyncio.run(
+            ping(
+                args.uri,
+                count=args.count,
+                interval=args.interval,
+                timeout=args.timeout,
+                ok_codes=codes,
+                source_address=args.source,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from trunkguard.lab.demo import run_lab
+
+    return asyncio.run(run_lab(hold=args.hold, outage=args.outage))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "check-config": _cmd_check, "probe": _cmd_probe, "lab": _cmd_lab}
+    try:
+        return handlers.get(args.command, _cmd_control)(args)
+    except ConfigError as e:
+        return _err(e.problems[0])
+    except ControlError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        return _err(str(e))
+    except Exception as e:  # last resort: one line, never a traceback
+        return _err(f"internal error: {type(e).__name__}: {e}")

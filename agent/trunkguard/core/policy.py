@@ -1,0 +1,254 @@
+"""Route-group policy: which path is active, given target states and time.
+
+Pure: the shell passes the current target states and the time; the policy returns
+a Decision when the active path must change, and says when it next needs to be
+asked (a pending auto-failback).
+
+Rules:
+- A path qualifies when every target it requires is up.
+- Until every target the group depends on has a first verdict, nothing is decided:
+  a restart never flaps routing.
+- The active path is kept while it qualifies. If it stops qualifying, the most
+  preferred qualifying path takes over at once (failover).
+- A more preferred path than the active one takes over only when `failback` is
+  "auto" and it has qualified continuously for `hold` (failback); with "manual"
+  only an operator's `failback` command moves back.
+- When no path qualifies, the last path is kept (there is nothing better to do)
+  and the group is in alarm.
+- An operator may pin a path (`failover GROUP PATH`); the pin holds while that
+  path qualifies and is dropped, with a reason, when it stops qualifying.
+- In `multipath` mode every qualifying path is active at once (the desired value
+  joins their names with "+", in preference order) so traffic is spread across the
+  healthy carriers: a path leaves at once when it stops qualifying and joins after
+  `hold` (auto) or on the operator's failback (manual). If none of the active ones is
+  left, whatever qualifies takes over at once.
+- While the site is evacuating, only paths marked `remote` count (groups without
+  any remote path are left alone). When the evacuation ends the group returns to
+  its best path at once: the site's own hold already proved the site is fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trunkguard.core.events import Decision, State
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    name: str
+    requires: tuple[str, ...] = ()
+    remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    name: str
+    paths: tuple[PathSpec, ...]
+    failback: str = "auto"  # "auto" | "manual"
+    hold: float = 30.0
+    mode: str = "failover"  # "failover" | "multipath"
+
+    @property
+    def targets(self) -> frozenset[str]:
+        return frozenset(t for p in self.paths for t in p.requires)
+
+
+@dataclass(slots=True)
+class GroupPolicy:
+    spec: GroupSpec
+    active: str | None = None
+    alarm: bool = False
+    pinned: str | None = None
+    ready: bool = False  # every target has a verdict: the active path may be enforced
+    evacuated: bool = False  # the active choice was made among remote paths only
+    waiting: bool = True  # the last evaluation lacked a verdict: no timer is meaningful
+    qualified_since: dict[str, float] = field(default_factory=dict)
+
+    def _qualifies(self, path: PathSpec, states: Mapping[str, State]) -> bool:
+        return all(states.get(t) is State.UP for t in path.requires)
+
+    def _index(self, name: str | None) -> int:
+        for i, p in enumerate(self.spec.paths):
+            if p.name == name:
+                return i
+        return len(self.spec.paths)
+
+    def _track(self, states: Mapping[str, State], now: float, cause_at: float) -> list[PathSpec]:
+        """Update per-path 'qualifying since' and return the qualifying paths in order."""
+        ok: list[PathSpec] = []
+        for p in self.spec.paths:
+            if self._qualifies(p, states):
+                self.qualified_since.setdefault(p.name, min(now, cause_at))
+                ok.append(p)
+            else:
+                self.qualified_since.pop(p.name, None)
+        return ok
+
+    def evaluate(
+        self,
+        states: Mapping[str, State],
+        now: float,
+        cause_at: float | None = None,
+        evacuate: str | None = None,
+    ) -> Decision | None:
+        """Re-evaluate after a state change (cause_at = when it was observed) or a timer.
+
+        `evacuate` is the reason the site is evacuating, None when it is not."""
+        cause = now if cause_at is None else cause_at
+        self.waiting = any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets)
+        if self.waiting:
+            return None
+        self.ready = True
+        ok = self._track(states, now, cause)
+        evac = evacuate is not None and any(p.remote for p in self.spec.paths)
+        if evac:
+            ok = [p for p in ok if p.remote]
+        returning, self.evacuated = self.evacuated and not evac, evac
+        names = [p.name for p in ok]
+        self.alarm = not ok
+        if not ok:
+            return None
+        best = ok[0].name
+
+        if self.pinned is not None:
+            if self.pinned in names:
+                return self._switch(self.pinned, now, cause, "manual", "pinned by operator")
+            dropped, self.pinned = self.pinned, None
+            if evac:
+                return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
+            reason = f"pinned path {dropped} stopped qualifying"
+            return self._switch(best, now, cause, "failover", reason)
+
+        if self.spec.mode == "multipath":
+            if returning:
+                return self._switch("+".join(names), now, cause, "return", "site evacuation over")
+            return self._multipath(names, now, cause, evacuate if evac else None)
+        if self.active is None:
+            return self._switch(best, now, cause, "initial", "first verdicts in")
+        if evac and self.active not in names:
+            return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
+        if returning:
+            return self._switch(best, now, cause, "return", "site evacuation over")
+        if self.active not in names:
+            return self._switch(
+                best, now, cause, "failover", f"{self.active} lost: {self._why(states)}"
+            )
+        if best != self.active and self.spec.failback == "auto":
+            due = self._failback_due(best)
+            if due is not None and now >= due:
+                reason = f"{best} stable for {self.spec.hold:g}s"
+                return self._switch(best, now, due, "failback", reason)
+        return None
+
+    def _multipath(
+        self, names: list[str], now: float, cause: float, evacuate: str | None
+    ) -> Decision | None:
+        current = set(self.members())
+        keep = [n for n in names if n in current]
+        if not keep:
+            kind = "initial" if self.active is None else "failover"
+            why = "first verdicts in" if self.active is None else "no active path left"
+            if evacuate is not None and self.active is not None:
+                kind, why = "evacuate", f"site evacuating: {evacuate}"
+            return self._switch("+".join(names), now, cause, kind, why)
+        joining = [
+            n
+            for n in names
+            if n not in current
+            and self.spec.failback == "auto"
+            and (due := self._failback_due(n)) is not None
+            and now >= due
+        ]
+        new = [n for n in names if n in keep or n in joining]
+        if joining:
+            why = f"{', '.join(joining)} stable for {self.spec.hold:g}s"
+            return self._switch("+".join(new), now, now, "failback", why)
+        if len(new) < len(current):
+            if evacuate is not None:
+                why = f"site evacuating: {evacuate}"
+                return self._switch("+".join(new), now, cause, "evacuate", why)
+            gone = ", ".join(sorted(current - set(new)))
+            return self._switch("+".join(new), now, cause, "failover", f"{gone} lost")
+        return None
+
+    def members(self) -> list[str]:
+        """The active paths: one, or several in multipath mode."""
+        return [] if self.active is None else self.active.split("+")
+
+    def _why(self, states: Mapping[str, State]) -> str:
+        path = self.spec.paths[self._index(self.active)]
+        bad = [
+            f"{t} {states.get(t, State.UNKNOWN)}"
+            for t in path.requires
+            if states.get(t) is not State.UP
+        ]
+        return ", ".join(bad) or "requirements no longer hold"
+
+    def _failback_due(self, best: str) -> float | None:
+        since = self.qualified_since.get(best)
+        return None if since is None else since + self.spec.hold
+
+    def next_wakeup(self) -> float | None:
+        """When evaluate() must run again for a pending auto failback, if any."""
+        if (
+            self.waiting
+            or self.active is None
+            or self.pinned is not None
+            or self.spec.failback != "auto"
+        ):
+            return None
+        if self.spec.mode == "multipath":
+            members = set(self.members())
+            dues = [
+                due
+                for p in self.spec.paths
+                if p.name not in members
+                and (p.remote or not self.evacuated)
+                and (due := self._failback_due(p.name)) is not None
+            ]
+            return min(dues, default=None)
+        active_i = self._index(self.active)
+        for p in self.spec.paths[:active_i]:
+            if p.name in self.qualified_since and (p.remote or not self.evacuated):
+                return self._failback_due(p.name)
+        return None
+
+    def pin(
+        self, path: str, states: Mapping[str, State], now: float, evacuate: str | None = None
+    ) -> Decision | None:
+        """Operator failover to `path`. Raises ValueError when it cannot be honoured."""
+        spec = next((p for p in self.spec.paths if p.name == path), None)
+        if spec is None:
+            raise ValueError(f"group {self.spec.name} has no path {path!r}")
+        if not self._qualifies(spec, states):
+            bad = [t for t in spec.requires if states.get(t) is not State.UP]
+            raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
+        if evacuate is not None and not spec.remote and any(p.remote for p in self.spec.paths):
+            raise ValueError(f"path {path} is local and the site is evacuating ({evacuate})")
+        self.pinned = path
+        return self.evaluate(states, now, evacuate=evacuate)
+
+    def release(self, states: Mapping[str, State], now: float) -> Decision | None:
+        """Operator failback: drop any pin and move to the best path now, skipping hold."""
+        self.pinned = None
+        if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
+            return None
+        ok = self._track(states, now, now)
+        if self.evacuated:
+            ok = [p for p in ok if p.remote]
+        self.alarm = not ok
+        if not ok:
+            return None
+        best = "+".join(p.name for p in ok) if self.spec.mode == "multipath" else ok[0].name
+        return self._switch(best, now, now, "manual", "failback by operator")
+
+    def _switch(
+        self, new: str, now: float, cause: float, kind: str, reason: str
+    ) -> Decision | None:
+        if new == self.active:
+            return None
+        d = Decision(self.spec.name, self.active, new, now, kind, reason, cause)
+        self.active = new
+        return d

@@ -1,0 +1,276 @@
+"""Prometheus metrics, on a registry owned by each Metrics instance (never the global)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from trunkguard import __version__
+from trunkguard.obs.rtt import CompactHistogram
+
+# SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+# Failover reaction and actuator apply times: sub-millisecond to the 10 s budget.
+ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr is noise
+
+
+class Metrics:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, mqtt_enabled: bool = True
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+        self.target_up = Gauge(
+            "trunkguard_target_up", "1 when the target is up.", ["kind", "name"], registry=r
+        )
+        self.target_state = Gauge(
+            "trunkguard_target_state",
+            "1 for the current health state of the target, 0 for the others.",
+            ["kind", "name", "state"],
+            registry=r,
+        )
+        # One per trunk and target: compact, see obs/rtt.py.
+        # One per trunk and target: compact and streamed by serve(), see obs/rtt.py.
+        self.sip_options_rtt_seconds = CompactHistogram(
+            "trunkguard_sip_options_rtt_seconds",
+            "Round-trip time of answered SIP OPTIONS probes, per resolved target.",
+            ["trunk", "target"],
+            RTT_BUCKETS,
+        )
+        self.sip_options_responses_total = Counter(
+            "trunkguard_sip_options_responses_total",
+            "Final responses to SIP OPTIONS probes by status code, per resolved target.",
+            ["trunk", "target", "code"],
+            registry=r,
+        )
+        self.trunk_target_up = Gauge(
+            "trunkguard_trunk_target_up",
+            "1 when this resolved target of a multi-target trunk is up.",
+            ["trunk", "target"],
+            registry=r,
+        )
+        self.probe_failures_total = Counter(
+            "trunkguard_probe_failures_total",
+            "Probes that got no usable answer (timeout, refused, dns, ...).",
+            ["trunk", "reason"],
+            registry=r,
+        )
+        self.sip_unmatched_responses_total = Counter(
+            "trunkguard_sip_unmatched_responses_total",
+            "SIP responses that matched no outstanding probe.",
+            ["reason"],
+            registry=r,
+        )
+        self.route_active_path = Gauge(
+            "trunkguard_route_active_path",
+            "1 for the path a route group currently uses, 0 for its other paths.",
+            ["group", "path"],
+            registry=r,
+        )
+        self.route_no_path = Gauge(
+            "trunkguard_route_no_path",
+            "1 when no path of the route group qualifies (calls cannot be routed).",
+            ["group"],
+            registry=r,
+        )
+        self.failovers_total = Counter(
+            "trunkguard_failovers_total",
+            "Switches away from the preferred path.",
+            ["group"],
+            registry=r,
+        )
+        self.failbacks_total = Counter(
+            "trunkguard_failbacks_total",
+            "Returns to a more preferred path.",
+            ["group"],
+            registry=r,
+        )
+        self.transitions_total = Counter(
+            "trunkguard_transitions_total",
+            "Health state transitions of targets.",
+            ["kind", "name", "to"],
+            registry=r,
+        )
+        self.reroute_seconds = Histogram(
+            "trunkguard_reroute_seconds",
+            "Time from the evidence that triggered a reroute to routing applied.",
+            ["group"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_lag_seconds = Gauge(
+            "trunkguard_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last check.",
+            registry=r,
+        )
+        self.actuator_converged = Gauge(
+            "trunkguard_actuator_converged",
+            "1 when the actuator's real state matches the desired state.",
+            ["actuator"],
+            registry=r,
+        )
+        self.actuator_errors_total = Counter(
+            "trunkguard_actuator_errors_total",
+            "Failed actuator operations.",
+            ["actuator", "reason"],
+            registry=r,
+        )
+        self.actuator_apply_seconds = Histogram(
+            "trunkguard_actuator_apply_seconds",
+            "Duration of one actuator apply (including read-back).",
+            ["actuator"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        # Not exported when MQTT is not configured, so its alert cannot fire then.
+        self.mqtt_connected = Gauge(
+            "trunkguard_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            registry=r if mqtt_enabled else None,
+        )
+        self.config_reload_total = Counter(
+            "trunkguard_config_reload_total",
+            "Configuration reloads by result.",
+            ["result"],
+            registry=r,
+        )
+        self.sensor_value = Gauge(
+            "trunkguard_sensor_value",
+            "Last reading of the sensor (booleans as 1/0), in the sensor's own unit.",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_state = Gauge(
+            "trunkguard_sensor_state",
+            "1 for the sensor's current state (ok, warn, critical, stale, unknown), 0 else.",
+            ["sensor", "state"],
+            registry=r,
+        )
+        self.sensor_time_to_critical_seconds = Gauge(
+            "trunkguard_sensor_time_to_critical_seconds",
+            "Projected time until the sensor reaches critical at its current trend "
+            "(+Inf when flat or falling, 0 when critical).",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_rate_per_minute = Gauge(
+            "trunkguard_sensor_rate_per_minute",
+            "Rate of change of the sensor over its window, in its unit per minute.",
+            ["sensor"],
+            registry=r,
+        )
+        self.sensor_read_errors_total = Counter(
+            "trunkguard_sensor_read_errors_total",
+            "Sensor readings that could not be taken or parsed.",
+            ["sensor"],
+            registry=r,
+        )
+        self.site_evacuating = Gauge(
+            "trunkguard_site_evacuating",
+            "1 while this site is evacuating (route groups on their remote paths).",
+            registry=r,
+        )
+        self.evacuations_total = Counter(
+            "trunkguard_evacuations_total",
+            "Site evacuations started (by rule or by operator).",
+            ["cause"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "trunkguard_build_info",
+            "Always 1; the version is a label.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
+        self._group_paths: dict[str, set[str]] = {}
+
+    def set_active_path(self, group: str, paths: Sequence[str], active: str | None) -> None:
+        """Publish the routing decision for a group; active=None raises the no-path alarm.
+        A multipath group's active value joins its active paths with "+"."""
+        actives = set(active.split("+")) if active is not None else set()
+        names = list(paths) + sorted(actives - set(paths))
+        for path in self._group_paths.get(group, set()) - set(names):
+            self.route_active_path.remove(group, path)  # path removed by a config reload
+        self._group_paths[group] = set(names)
+        for path in names:
+            self.route_active_path.labels(group, path).set(1 if path in actives else 0)
+        self.route_no_path.labels(group).set(1 if active is None else 0)
+        # Export the counters at 0 from the start: increase() misses a series' first sample.
+        self.failovers_total.labels(group)
+        self.failbacks_total.labels(group)
+
+    def set_target_state(self, kind: str, name: str, state: str, all_states: Sequence[str]) -> None:
+        for s in {*all_states, state}:
+            self.target_state.labels(kind, name, s).set(1 if s == state else 0)
+
+    def set_sensor_state(self, sensor: str, state: str, all_states: Sequence[str]) -> None:
+        for s in all_states:
+            self.sensor_state.labels(sensor, s).set(1 if s == state else 0)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Start the /metrics HTTP exporter in a thread; returns a function that stops it."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type(
+            "_Server",
+            (ThreadingMixIn, WSGIServer),
+            {"daemon_threads": True, "address_family": family},
+        )
+        server: WSGIServer = make_server(
+            host, port, self.wsgi_app, server_cls, handler_class=_Quiet
+        )
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
+
+    def wsgi_app(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        """The registry as prometheus_client renders it, then the per-target RTT
+        histograms streamed in chunks; `name[]` filters work as with prometheus_client."""
+        names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        rtt = self.sip_options_rtt_seconds
+        with_rtt = not names or any(n == rtt.name or n.startswith(rtt.name + "_") for n in names)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        yield generate_latest(registry)
+        if with_rtt:
+            yield from rtt.expose()
+
+    async def watch_loop_lag(self, interval: float = 0.5) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            self.event_loop_lag_seconds.set(max(0.0, loop.time() - start - interval))
