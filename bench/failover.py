@@ -1,7 +1,7 @@
 """Benchmark: a carrier goes silent -> the kernel route is moved to the other carrier.
 
 Real peers: sipp answering OPTIONS behind veth links in network namespaces, the
-agent (python -m agent run) in its own namespace, nftables dropping the carrier's
+agent (python -m trunkguard run) in its own namespace, nftables dropping the carrier's
 inbound SIP (silence, no ICMP). The route change is observed independently with
 `ip monitor route` in the agent's namespace; the silence starts at a random phase of
 the probe interval in each trial.

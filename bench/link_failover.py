@@ -1,6 +1,6 @@
 """Benchmark: carrier loss on the active uplink -> the replacement route applied.
 
-Real kernel: the agent (python -m agent run) in its own network namespace with a
+Real kernel: the agent (python -m trunkguard run) in its own network namespace with a
 veth uplink to each carrier (sipp answering OPTIONS behind each). Each trial takes
 the carrier's end of uplink A down, so the agent's end loses carrier. One
 independent `ip monitor link route` in the agent's namespace timestamps both the

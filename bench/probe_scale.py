@@ -1,7 +1,7 @@
 """Benchmark: the real daemon probing 1,000 and 10,000 UDP trunks once a second.
 
 Real peers: one local Kamailio answering OPTIONS (tests.lib.kamailio), the agent as
-`python -m agent run -c <generated config>` with N trunks (distinct request URIs
+`python -m trunkguard run -c <generated config>` with N trunks (distinct request URIs
 sip:tNNNNN@127.0.0.1:<port>), no routes, and as the reference sipp as a UAC sending
 the same OPTIONS at the same rate (-r N -rp 1000) to the same Kamailio.
 

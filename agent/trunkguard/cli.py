@@ -9,8 +9,9 @@ import sys
 from typing import Any
 
 from trunkguard import __version__
+from trunkguard.commands import CommandError
 from trunkguard.config import DEFAULT_PATH, ConfigError, load_config, parse_duration
-from trunkguard.control import ControlError, request
+from trunkguard.control import request
 
 
 def _seconds(text: str) -> float:
@@ -171,7 +172,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from trunkguard.daemon import run_daemon
+    from trunkguard.app import run_app
 
     try:
         cfg = load_config(args.config)
@@ -180,7 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"trunkguard: {args.config}: {p}", file=sys.stderr)
         return 1
     json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
-    return asyncio.run(run_daemon(args.config, cfg, json_logs=json_logs))
+    return asyncio.run(run_app(args.config, cfg, json_logs=json_logs))
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers.get(args.command, _cmd_control)(args)
     except ConfigError as e:
         return _err(e.problems[0])
-    except ControlError as e:
+    except CommandError as e:
         return _err(str(e))
     except KeyboardInterrupt:
         return 130

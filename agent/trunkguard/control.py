@@ -17,12 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from trunkguard.commands import CommandError
+
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class ControlError(Exception):
-    """A request the daemon refused; the message is shown to the operator as is."""
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -81,7 +79,7 @@ class ControlServer:
             try:
                 result = await self.handler(req)
                 await _reply(writer, {"ok": True, "result": result})
-            except ControlError as e:
+            except CommandError as e:
                 await _reply(writer, {"ok": False, "error": str(e)})
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
@@ -111,17 +109,17 @@ def _answers(path: Path) -> bool:
 
 
 def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
-    """Blocking client used by the CLI; raises ControlError with a one-line message."""
+    """Blocking client used by the CLI; raises CommandError with a one-line message."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(
+            raise CommandError(
                 f"no trunkguard daemon listening on {path} (is it running?)"
             ) from None
         except PermissionError:
-            raise ControlError(
+            raise CommandError(
                 f"permission denied on {path}: run as root or the trunkguard user"
             ) from None
         s.sendall(json.dumps(req).encode() + b"\n")
@@ -134,7 +132,7 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
     try:
         resp = json.loads(buf)
     except ValueError:
-        raise ControlError("daemon closed the connection without an answer") from None
+        raise CommandError("daemon closed the connection without an answer") from None
     if not resp.get("ok"):
-        raise ControlError(str(resp.get("error", "request failed")))
+        raise CommandError(str(resp.get("error", "request failed")))
     return resp.get("result")

@@ -9,47 +9,40 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from trunkguard.core.engine import Intent
+from trunkguard.core.ids import Paths, parse_target
 
 SCHEMA = 1
 
 
-@dataclass
-class Saved:
-    active: dict[str, str] = field(default_factory=dict)
-    pinned: dict[str, str] = field(default_factory=dict)
-    maintenance: list[str] = field(default_factory=list)
-    evacuating: bool = False
-    evacuation_forced: bool = False
-
-
-def load(state_dir: str | None) -> tuple[Saved, str | None]:
-    """Returns the saved state and, if the file was unusable, why."""
+def load(state_dir: str | None) -> tuple[Intent, str | None]:
+    """Returns the saved intent and, if the file was unusable, why."""
     if not state_dir:
-        return Saved(), None
+        return Intent(), None
     path = Path(state_dir) / "state.json"
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        return Saved(), None
+        return Intent(), None
     except (OSError, ValueError) as e:
-        return Saved(), f"ignoring {path}: {e}"
+        return Intent(), f"ignoring {path}: {e}"
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        return Saved(), f"ignoring {path}: unknown schema"
+        return Intent(), f"ignoring {path}: unknown schema"
     try:
-        return Saved(
-            active={str(k): str(v) for k, v in dict(raw.get("active", {})).items()},
+        return Intent(
+            active={str(k): Paths.parse(str(v)) for k, v in dict(raw.get("active", {})).items()},
             pinned={str(k): str(v) for k, v in dict(raw.get("pinned", {})).items()},
-            maintenance=[str(t) for t in raw.get("maintenance", [])],
+            maintenance=frozenset(parse_target(t) for t in raw.get("maintenance", [])),
             evacuating=raw.get("evacuating") is True,
             evacuation_forced=raw.get("evacuation_forced") is True,
         ), None
     except (TypeError, ValueError) as e:
-        return Saved(), f"ignoring {path}: {e}"
+        return Intent(), f"ignoring {path}: {e}"
 
 
-def save(state_dir: str | None, saved: Saved) -> None:
+def save(state_dir: str | None, intent: Intent) -> None:
     if not state_dir:
         return
     d = Path(state_dir)
@@ -57,11 +50,11 @@ def save(state_dir: str | None, saved: Saved) -> None:
     body = json.dumps(
         {
             "schema": SCHEMA,
-            "active": saved.active,
-            "pinned": saved.pinned,
-            "maintenance": sorted(saved.maintenance),
-            "evacuating": saved.evacuating,
-            "evacuation_forced": saved.evacuation_forced,
+            "active": {g: str(p) for g, p in intent.active.items()},
+            "pinned": dict(intent.pinned),
+            "maintenance": sorted(str(t) for t in intent.maintenance),
+            "evacuating": intent.evacuating,
+            "evacuation_forced": intent.evacuation_forced,
         },
         indent=1,
         sort_keys=True,

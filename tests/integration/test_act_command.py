@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lib.core import routes
 from trunkguard.act.base import ActuatorError
 from trunkguard.act.command import CommandActuator, CommandSpec
 
@@ -77,7 +78,7 @@ async def test_minimal_environment_and_no_leak(
         pairs = out.read_bytes().decode().split("\0")
         return dict(p.split("=", 1) for p in pairs if p)
 
-    await act.apply({"g": "A"})
+    await act.apply(routes({"g": "A"}))
     assert seen() == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -87,7 +88,7 @@ async def test_minimal_environment_and_no_leak(
         "TRUNKGUARD_SITE": "bj1",
         "TRUNKGUARD_NODE": "sbc2",
     }
-    await act.apply({"g": "B"})
+    await act.apply(routes({"g": "B"}))
     env = seen()
     assert env["TRUNKGUARD_PATH"] == "B" and env["TRUNKGUARD_PREVIOUS_PATH"] == "A"
     assert "hunter2" not in out.read_text() and "AWS_SECRET_ACCESS_KEY" not in env
@@ -95,7 +96,7 @@ async def test_minimal_environment_and_no_leak(
 
 async def test_stdin_is_devnull(tmp_path: Path) -> None:
     argv = script(tmp_path, "stdin.sh", '[ "$(readlink /proc/$$/fd/0)" = /dev/null ]\n')
-    await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply({"g": "A"})
+    await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply(routes({"g": "A"}))
 
 
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pids: list[int] = []
     try:
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"g": "A"})
+            await act.apply(routes({"g": "A"}))
         pids = [int((tmp_path / n).read_text()) for n in ("child", "grandchild")]
         await gone(*pids)
     finally:
@@ -116,7 +117,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert err.value.reason == "timeout" and "killed after 1s" in str(err.value)
-    assert not await act.verify({"g": "A"})
+    assert not await act.verify(routes({"g": "A"}))
 
 
 async def test_nonzero_exit_reports_code_and_last_stderr_line(tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ async def test_nonzero_exit_reports_code_and_last_stderr_line(tmp_path: Path) ->
     )
     act = CommandActuator("cmd", {("g", "A"): CommandSpec(argv)})
     with pytest.raises(ActuatorError) as err:
-        await act.apply({"g": "A"})
+        await act.apply(routes({"g": "A"}))
     assert err.value.reason == "exit"
     msg = str(err.value)
     assert "exited with 3" in msg and msg.endswith("carrier B: 503 Service Unavailable")
@@ -139,25 +140,25 @@ async def test_long_stderr_line_is_truncated(tmp_path: Path) -> None:
     long_line = "x" * 5000
     argv = script(tmp_path, "long.sh", f'echo "{long_line}" >&2\nexit 1\n')
     with pytest.raises(ActuatorError) as err:
-        await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply({"g": "A"})
+        await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply(routes({"g": "A"}))
     assert "x" * 200 in str(err.value) and "x" * 201 not in str(err.value)
 
 
 async def test_killed_by_signal(tmp_path: Path) -> None:
     argv = script(tmp_path, "sig.sh", "kill -TERM $$\n")
     with pytest.raises(ActuatorError) as err:
-        await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply({"g": "A"})
+        await CommandActuator("cmd", {("g", "A"): CommandSpec(argv)}).apply(routes({"g": "A"}))
     assert err.value.reason == "exit" and "killed by signal 15" in str(err.value)
 
 
 async def test_spawn_failure(tmp_path: Path) -> None:
     act = CommandActuator("cmd", {("g", "A"): CommandSpec((str(tmp_path / "missing"),))})
     with pytest.raises(ActuatorError) as err:
-        await act.apply({"g": "A"})
+        await act.apply(routes({"g": "A"}))
     assert err.value.reason == "spawn" and "missing" in str(err.value)
     nul = CommandActuator("cmd", {("g", "A"): CommandSpec(("/bin/true", "a\0b"))})
     with pytest.raises(ActuatorError) as err:
-        await nul.apply({"g": "A"})
+        await nul.apply(routes({"g": "A"}))
     assert err.value.reason == "spawn"
 
 
@@ -178,14 +179,14 @@ async def test_shell_metacharacters_are_passed_literally(tmp_path: Path) -> None
     act = CommandActuator(
         "cmd", {("g", "A"): CommandSpec((*argv, *args))}, env={"TG_OUT": str(out)}
     )
-    await act.apply({"g": "A"})
+    await act.apply(routes({"g": "A"}))
     assert out.read_text().splitlines() == list(args)
     assert (victim / "keep").read_text() == "precious"
     assert not pwned.exists()
     # Nor is argv[0] ever interpreted.
     evil = CommandActuator("cmd", {("g", "A"): CommandSpec((f"/bin/true; touch {pwned}",))})
     with pytest.raises(ActuatorError) as err:
-        await evil.apply({"g": "A"})
+        await evil.apply(routes({"g": "A"}))
     assert err.value.reason == "spawn" and not pwned.exists()
 
 
@@ -198,21 +199,21 @@ async def test_verify_command(tmp_path: Path) -> None:
     commands = {(("g", p)): CommandSpec(switch, verify=check) for p in ("A", "B")}
     act = CommandActuator("cmd", commands)
 
-    assert not await act.verify({"g": "A"})  # no state file yet
-    await act.apply({"g": "A"})
-    assert await act.verify({"g": "A"}) and not await act.verify({"g": "B"})
+    assert not await act.verify(routes({"g": "A"}))  # no state file yet
+    await act.apply(routes({"g": "A"}))
+    assert await act.verify(routes({"g": "A"})) and not await act.verify(routes({"g": "B"}))
     assert runs.read_text().count("run") == 1
 
     state.write_text("B\n")  # someone switched it by hand
-    assert not await act.verify({"g": "A"})
-    await act.apply({"g": "A"})  # re-run although A was the last path applied
-    assert await act.verify({"g": "A"})
+    assert not await act.verify(routes({"g": "A"}))
+    await act.apply(routes({"g": "A"}))  # re-run although A was the last path applied
+    assert await act.verify(routes({"g": "A"}))
     assert runs.read_text().count("run") == 2
 
     # A restarted daemon learns from verify that A is in place: no re-run.
     fresh = CommandActuator("cmd", commands)
-    assert await fresh.verify({"g": "A"})
-    await fresh.apply({"g": "A"})
+    assert await fresh.verify(routes({"g": "A"}))
+    await fresh.apply(routes({"g": "A"}))
     assert runs.read_text().count("run") == 2
 
 
@@ -220,13 +221,13 @@ async def test_same_desired_twice_runs_once(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     argv = script(tmp_path, "count.sh", f'echo "$TRUNKGUARD_PATH" >> "{runs}"\n')
     act = CommandActuator("cmd", {("g", "A"): CommandSpec(argv), ("g", "B"): CommandSpec(argv)})
-    assert not await act.verify({"g": "A"})
-    await act.apply({"g": "A"})
-    assert await act.verify({"g": "A"})
-    await act.apply({"g": "A"})
-    await act.apply({"g": "A", "other": "X"})  # groups without commands are ignored
+    assert not await act.verify(routes({"g": "A"}))
+    await act.apply(routes({"g": "A"}))
+    assert await act.verify(routes({"g": "A"}))
+    await act.apply(routes({"g": "A"}))
+    await act.apply(routes({"g": "A", "other": "X"}))  # groups without commands are ignored
     assert runs.read_text().split() == ["A"]
-    await act.apply({"g": "B"})
+    await act.apply(routes({"g": "B"}))
     assert runs.read_text().split() == ["A", "B"]
 
 
@@ -238,7 +239,7 @@ async def test_one_failing_group_does_not_block_the_others(tmp_path: Path) -> No
         "cmd",
         {("g1", "A"): CommandSpec(bad), ("g2", "A"): CommandSpec(ok), ("g3", "A"): CommandSpec(ok)},
     )
-    desired = {"g1": "A", "g2": "A", "g3": "A"}
+    desired = routes({"g1": "A", "g2": "A", "g3": "A"})
     with pytest.raises(ActuatorError) as err:
         await act.apply(desired)
     assert err.value.reason == "exit" and "g1->A" in str(err.value)
@@ -256,7 +257,7 @@ async def test_cancellation_kills_the_running_program(tmp_path: Path) -> None:
     act = CommandActuator("cmd", {("g", "A"): CommandSpec(argv, timeout=60)})
     # O_RDWR: the open does not wait for the writer, and we never see a false EOF.
     ready = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-    task = asyncio.create_task(act.apply({"g": "A"}))
+    task = asyncio.create_task(act.apply(routes({"g": "A"})))
     pid = 0
     try:
         await readable(ready)  # the program is up and told us its PID

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.lib import calls, procs, sipp
+from tests.lib.core import routes
 from tests.lib.kamailio import SBC_LIST, Sbc, sbc, write_ds_list
 from tests.lib.netns import Netns
 from tests.lib.sipp import options_responder
@@ -123,56 +124,56 @@ async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_apply_reads_back_and_second_apply_writes_nothing(lab: Lab, transport: str) -> None:
     act = lab.actuator(transport)
-    assert await act.verify({OUT: "carrier-b"}) is False  # the list file has all active
-    assert await act.apply({OUT: "carrier-b"}) is True
+    assert await act.verify(routes({OUT: "carrier-b"})) is False  # the list file has all active
+    assert await act.apply(routes({OUT: "carrier-b"})) is True
     states = lab.k.states()
     # c is in set 1 but in no path: never touched.
     assert states == {1: {lab.a: "DX", lab.b: "AX", lab.c: "AX"}, 2: {lab.site: "DX"}}
-    assert await act.verify({OUT: "carrier-b"}) is True
-    assert await act.apply({OUT: "carrier-b"}) is False
+    assert await act.verify(routes({OUT: "carrier-b"})) is True
+    assert await act.apply(routes({OUT: "carrier-b"})) is False
     assert lab.k.states() == states
 
-    assert await act.apply({OUT: "carrier-a"}) is True
+    assert await act.apply(routes({OUT: "carrier-a"})) is True
     assert lab.k.states() == {1: {lab.a: "AX", lab.b: "DX", lab.c: "AX"}, 2: {lab.site: "DX"}}
     # Evacuation: every carrier of the group off, the site on.
-    assert await act.apply({OUT: "remote"}) is True
+    assert await act.apply(routes({OUT: "remote"})) is True
     assert lab.k.states() == {1: {lab.a: "DX", lab.b: "DX", lab.c: "AX"}, 2: {lab.site: "AX"}}
-    assert await act.verify({OUT: "remote"}) is True
+    assert await act.verify(routes({OUT: "remote"})) is True
     # Groups and paths without a choice are not ours.
-    assert await act.apply({"inbound": "main", OUT: "remote"}) is False
+    assert await act.apply(routes({"inbound": "main", OUT: "remote"})) is False
     await act.close()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_hand_change_is_seen_and_repaired(lab: Lab, transport: str) -> None:
     act = lab.actuator(transport)
-    assert await act.apply({OUT: "carrier-a"}) is True
+    assert await act.apply(routes({OUT: "carrier-a"})) is True
     lab.k.kamcmd("dispatcher.set_state", "i", "1", lab.a)
     assert lab.set1()[lab.a] == "IX"
-    assert await act.verify({OUT: "carrier-a"}) is False
-    assert await act.apply({OUT: "carrier-a"}) is True
+    assert await act.verify(routes({OUT: "carrier-a"})) is False
+    assert await act.apply(routes({OUT: "carrier-a"})) is True
     assert lab.set1() == {lab.a: "AX", lab.b: "DX", lab.c: "AX"}
 
     # Someone re-enables the carrier we moved away from.
     lab.k.kamcmd("dispatcher.set_state", "a", "1", lab.b)
-    assert await act.verify({OUT: "carrier-a"}) is False
-    assert await act.apply({OUT: "carrier-a"}) is True
+    assert await act.verify(routes({OUT: "carrier-a"})) is False
+    assert await act.apply(routes({OUT: "carrier-a"})) is True
     assert lab.set1() == {lab.a: "AX", lab.b: "DX", lab.c: "AX"}
-    assert await act.verify({OUT: "carrier-a"}) is True
+    assert await act.verify(routes({OUT: "carrier-a"})) is True
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_kamailio_restart_resets_states_and_apply_restores(lab: Lab, transport: str) -> None:
     act = lab.actuator(transport)
-    await act.apply({OUT: "carrier-b"})
+    await act.apply(routes({OUT: "carrier-b"}))
     assert lab.set1()[lab.a] == "DX"
     lab.k.restart()
     # Back to the list file: everything active again, the carrier we left included.
     assert lab.k.states() == {1: {lab.a: "AX", lab.b: "AX", lab.c: "AX"}, 2: {lab.site: "AX"}}
-    assert await act.verify({OUT: "carrier-b"}) is False
-    assert await act.apply({OUT: "carrier-b"}) is True
+    assert await act.verify(routes({OUT: "carrier-b"})) is False
+    assert await act.apply(routes({OUT: "carrier-b"})) is True
     assert lab.k.states() == {1: {lab.a: "DX", lab.b: "AX", lab.c: "AX"}, 2: {lab.site: "DX"}}
-    assert await act.verify({OUT: "carrier-b"}) is True
+    assert await act.verify(routes({OUT: "carrier-b"})) is True
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -182,7 +183,7 @@ async def test_kamailio_down_is_a_quick_one_line_rpc_error(lab: Lab, transport: 
     for call in (act.apply, act.verify):
         t0 = time.monotonic()
         with pytest.raises(ActuatorError) as ei:
-            await call({OUT: "carrier-a"})
+            await call(routes({OUT: "carrier-a"}))
         took = time.monotonic() - t0
         e = ei.value
         assert e.reason == "rpc", e
@@ -203,20 +204,20 @@ async def test_unknown_destination_fails_only_its_group(lab: Lab, transport: str
     }
     act = KamailioActuator("kam", lab.url(transport), choices)
     with pytest.raises(ActuatorError) as ei:
-        await act.apply({OUT: "carrier-b", "inbound": "typo"})
+        await act.apply(routes({OUT: "carrier-b", "inbound": "typo"}))
     e = ei.value
     assert e.reason == "kamailio"
     assert e.groups == frozenset({"inbound"})
     assert f"{typo} not in dispatcher set 1" in e.message and "\n" not in e.message
     # outbound was applied; inbound kept c active: turning it off would leave nothing.
     assert lab.k.states() == {1: {lab.a: "DX", lab.b: "AX", lab.c: "AX"}, 2: {lab.site: "DX"}}
-    assert await act.verify({OUT: "carrier-b"}) is True
-    assert await act.verify({"inbound": "typo"}) is False
+    assert await act.verify(routes({OUT: "carrier-b"})) is True
+    assert await act.verify(routes({"inbound": "typo"})) is False
 
     # A set Kamailio does not have at all.
     ghost = KamailioActuator("kam", lab.url(transport), {("g", "p"): DispatcherChoice(9, (typo,))})
     with pytest.raises(ActuatorError, match=r"not in dispatcher set 9") as ei:
-        await ghost.apply({"g": "p"})
+        await ghost.apply(routes({"g": "p"}))
     assert ei.value.groups == frozenset({"g"})
 
 
@@ -224,7 +225,7 @@ async def test_wrong_http_path_is_an_rpc_error(lab: Lab) -> None:
     url = f"http://127.0.0.1:{lab.k.rpc_port}/nope"
     act = KamailioActuator("kam", url, lab.choices())
     with pytest.raises(ActuatorError, match=r"HTTP 404") as ei:
-        await act.verify({OUT: "carrier-a"})
+        await act.verify(routes({OUT: "carrier-a"}))
     assert ei.value.reason == "rpc"
 
 
@@ -244,7 +245,7 @@ async def test_converger_repairs_hand_changes_and_restarts(lab: Lab) -> None:
     conv = Converger(act, drift_interval=0.2, on_report=on_report)
     task = asyncio.create_task(conv.run())
     try:
-        conv.set_desired({OUT: "carrier-b"})
+        conv.set_desired(routes({OUT: "carrier-b"}))
         await until(lambda: conv.converged, 5, "first convergence")
         assert reports[0].ok and reports[0].changed and reports[0].trigger == "desired"
         wanted = {lab.a: "DX", lab.b: "AX", lab.c: "AX"}
@@ -282,7 +283,7 @@ async def test_probing_all_leaves_disabled_carrier_off(tmp_path: Path) -> None:
         # Probe replies set P on every carrier that answers.
         await until(lambda: set(lab.set1().values()) == {"AP"}, 5, "first probe round")
         act = lab.actuator()
-        assert await act.apply({OUT: "carrier-a"}) is True
+        assert await act.apply(routes({OUT: "carrier-a"})) is True
         assert lab.set1() == {lab.a: "AP", lab.b: "DX", lab.c: "AP"}
 
         # c answers, so taking it inactive by hand lasts only until the next probes.
@@ -296,18 +297,18 @@ async def test_probing_all_leaves_disabled_carrier_off(tmp_path: Path) -> None:
 
         await until(c_back, 6, "Kamailio re-enabling c after probe replies")
         assert seen_b == {"DX"}, "b answers probes too, but disabled means not probed"
-        assert await act.verify({OUT: "carrier-a"}) is True
+        assert await act.verify(routes({OUT: "carrier-a"})) is True
 
         # Failover: b gets back the probing flag it had when we disabled it.
-        assert await act.apply({OUT: "carrier-b"}) is True
+        assert await act.apply(routes({OUT: "carrier-b"})) is True
         assert lab.set1() == {lab.a: "DX", lab.b: "AP", lab.c: "AP"}
 
         # "inactive" as the off state: Kamailio's probes undo it (hence the default).
         inactive = lab.actuator(off_state="inactive")
-        assert await inactive.apply({OUT: "carrier-a"}) is True
+        assert await inactive.apply(routes({OUT: "carrier-a"})) is True
         assert lab.set1()[lab.b] == "IX"
         await until(lambda: lab.set1()[lab.b] == "AP", 6, "Kamailio re-enabling b")
-        assert await inactive.verify({OUT: "carrier-a"}) is False
+        assert await inactive.verify(routes({OUT: "carrier-a"})) is False
 
 
 async def test_probing_flagged_leaves_disabled_and_clear_inactive_alone(tmp_path: Path) -> None:
@@ -341,11 +342,11 @@ async def test_probing_flagged_leaves_disabled_and_clear_inactive_alone(tmp_path
 
         for off_state, want in (("disabled", "DX"), ("inactive", "IX")):
             act = lab.actuator(off_state=off_state)
-            assert await act.apply({OUT: "carrier-a"}) is True
+            assert await act.apply(routes({OUT: "carrier-a"})) is True
             assert lab.set1()[lab.b] == want  # "i" clears P too: no probes, no re-enable
             assert await probes_ran(lab.b) == {want}, "b answers probes but must stay off"
             assert letters() == {lab.a: "A", lab.b: want[0], lab.c: "A"}
-            assert await act.verify({OUT: "carrier-a"}) is True
+            assert await act.verify(routes({OUT: "carrier-a"})) is True
             k.restart()  # back to the list file for the next round
 
 
@@ -354,17 +355,17 @@ async def test_probing_flag_is_kept_and_restored(tmp_path: Path) -> None:
     it becomes active again. With probing off nothing else changes the flags."""
     with lab_running(tmp_path, flags=8, DS_PING_INTERVAL=0) as lab:
         act = lab.actuator()
-        assert await act.apply({OUT: "carrier-a"}) is True
+        assert await act.apply(routes({OUT: "carrier-a"})) is True
         assert lab.set1() == {lab.a: "AP", lab.b: "DX", lab.c: "AP"}  # a untouched, P kept
-        assert await act.apply({OUT: "carrier-b"}) is True
+        assert await act.apply(routes({OUT: "carrier-b"})) is True
         assert lab.set1() == {lab.a: "DX", lab.b: "AP", lab.c: "AP"}
-        assert await act.apply({OUT: "carrier-a"}) is True
+        assert await act.apply(routes({OUT: "carrier-a"})) is True
         assert lab.set1() == {lab.a: "AP", lab.b: "DX", lab.c: "AP"}
         # The flag is Kamailio's: an operator dropping it is not drift.
         lab.k.kamcmd("dispatcher.set_state", "a", "1", lab.a)
-        assert await act.verify({OUT: "carrier-a"}) is True
+        assert await act.verify(routes({OUT: "carrier-a"})) is True
         # The site (set 2, flags 0 in this list) never had P: it comes back without.
-        assert await act.apply({OUT: "remote"}) is True
+        assert await act.apply(routes({OUT: "remote"})) is True
         assert lab.k.states()[2] == {lab.site: "AX"}
 
 
@@ -454,13 +455,13 @@ async def test_example_config_routes_fails_over_and_follows_the_actuator(tmp_pat
         assert mentions(text, f": 503 from {lab.a} -> {lab.b}")
 
         act = lab.actuator()
-        await act.apply({OUT: "carrier-b"})
+        await act.apply(routes({OUT: "carrier-b"}))
         mark = len(k.log.read_text(errors="replace"))
         assert await call_once(tmp_path, k, "b") == "COMPLETED"
         text = log_since(k, mark)
         assert mentions(text, f"-> {lab.b}") and not mentions(text, lab.a)
 
-        await act.apply({OUT: "remote"})
+        await act.apply(routes({OUT: "remote"}))
         mark = len(k.log.read_text(errors="replace"))
         assert await call_once(tmp_path, k, "site") == "COMPLETED"
         text = log_since(k, mark)
@@ -479,10 +480,10 @@ async def test_shipped_dispatcher_list_loads_and_is_steerable(tmp_path: Path) ->
             (OUT, "remote"): DispatcherChoice(2, (site,)),
         }
         act = KamailioActuator("kam", k.http_url, choices)
-        assert await act.apply({OUT: "carrier-a"}) is True
+        assert await act.apply(routes({OUT: "carrier-a"})) is True
         assert k.states() == {1: {a: "AP", b: "DX"}, 2: {site: "DX"}}
         # The site had P when we disabled it: evacuation brings it back probed.
-        assert await act.apply({OUT: "remote"}) is True
+        assert await act.apply(routes({OUT: "remote"})) is True
         assert k.states() == {1: {a: "DX", b: "DX"}, 2: {site: "AP"}}
 
 
@@ -504,7 +505,7 @@ async def test_in_a_namespace_over_the_datagram_socket(tmp_path: Path) -> None:
             assert k.http_url == "http://10.255.0.1:5071/RPC"  # from inside the namespace
             choices = {("g", "a"): DispatcherChoice(1, (a,)), ("g", "b"): DispatcherChoice(1, (b,))}
             act = KamailioActuator("kam", k.unix_url, choices)
-            assert await act.apply({"g": "b"}) is True
+            assert await act.apply(routes({"g": "b"})) is True
             assert k.states() == {1: {a: "DX", b: "AX"}}
     finally:
         ns.delete()
@@ -532,7 +533,7 @@ async def test_http_deadline_and_garbage(tmp_path: Path) -> None:
         act = KamailioActuator("kam", f"http://127.0.0.1:{port}/RPC", choice, timeout=0.3)
         t0 = time.monotonic()
         with pytest.raises(ActuatorError) as ei:
-            await act.apply({"g": "p"})
+            await act.apply(routes({"g": "p"}))
         assert ei.value.reason == "timeout"
         assert 0.25 < time.monotonic() - t0 < 1.5
         assert "no reply within 0.3s" in ei.value.message
@@ -540,7 +541,7 @@ async def test_http_deadline_and_garbage(tmp_path: Path) -> None:
         port = garbage_srv.sockets[0].getsockname()[1]
         act = KamailioActuator("kam", f"http://127.0.0.1:{port}/RPC", choice, timeout=2)
         with pytest.raises(ActuatorError, match="not an HTTP reply") as ei:
-            await act.verify({"g": "p"})
+            await act.verify(routes({"g": "p"}))
         assert ei.value.reason == "rpc" and "\n" not in ei.value.message
     finally:
         for w in conns:
@@ -593,7 +594,7 @@ async def test_refused_activation_keeps_the_old_destination_on() -> None:
         }
         act = KamailioActuator("kam", f"http://127.0.0.1:{port}/RPC", choices)
         with pytest.raises(ActuatorError) as ei:
-            await act.apply({OUT: "b", "dup": "x"})
+            await act.apply(routes({OUT: "b", "dup": "x"}))
         e = ei.value
         assert e.reason == "kamailio" and e.groups == frozenset({OUT, "dup"})
         assert f"set_state ap 1 {b}: 500 State Update Failed" not in e.message  # b had no P
@@ -613,16 +614,16 @@ async def test_datagram_deadline_stale_socket_and_cleanup(tmp_path: Path) -> Non
         act = KamailioActuator("kam", f"unix:{path}", choice, timeout=0.3)
         t0 = time.monotonic()
         with pytest.raises(ActuatorError) as ei:
-            await act.apply({"g": "p"})
+            await act.apply(routes({"g": "p"}))
         assert ei.value.reason == "timeout" and 0.25 < time.monotonic() - t0 < 1.5
         assert b"dispatcher.list" in mute.recv(65536)
     # Closed but still on disk, as after a crash: refused at once.
     with pytest.raises(ActuatorError, match="Connection refused") as ei:
-        await act.verify({"g": "p"})
+        await act.verify(routes({"g": "p"}))
     assert ei.value.reason == "rpc"
     path.unlink()
     with pytest.raises(ActuatorError, match="No such file") as ei:
-        await act.verify({"g": "p"})
+        await act.verify(routes({"g": "p"}))
     assert ei.value.reason == "rpc"
     assert os.listdir(tmp_path) == []  # every reply socket unlinked
 

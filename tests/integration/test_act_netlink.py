@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.lib.core import routes as want
 from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.reports import Reports
 from trunkguard.act.base import Actuator, ActuatorError
@@ -182,7 +183,7 @@ def gateways(lab: Lab, *args: str, v6: bool = False) -> list[str | None]:
 
 async def test_switch_from_carrier_a_to_b(lab: Lab) -> None:
     async with actuator(lab.actuator()) as act, converging(act) as (conv, reports):
-        conv.set_desired({"carriers": "A", "unrelated": "X"})
+        conv.set_desired(want({"carriers": "A", "unrelated": "X"}))
         r = await reports.wait(lambda r: r.ok)
         assert r.changed
         (route,) = lab.routes(PREFIX)
@@ -190,8 +191,8 @@ async def test_switch_from_carrier_a_to_b(lab: Lab) -> None:
         assert route["protocol"] == "static"
         assert gateways(lab, PREFIX6, v6=True) == [GW6_A]
 
-        conv.set_desired({"carriers": "B"})
-        r = await reports.wait(lambda r: r.desired.get("carriers") == "B")
+        conv.set_desired(want({"carriers": "B"}))
+        r = await reports.wait(lambda r: str(r.desired.get("carriers")) == "B")
         assert r.ok and r.changed and conv.converged
         (route,) = lab.routes(PREFIX)
         assert route["gateway"] == GW_B and route["dev"] == lab.if_b
@@ -200,11 +201,11 @@ async def test_switch_from_carrier_a_to_b(lab: Lab) -> None:
 
 async def test_replace_is_atomic(lab: Lab) -> None:
     async with actuator(lab.actuator()) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         async with RouteMonitor(lab.pbx) as mon:
-            await act.apply({"carriers": "B"})
+            await act.apply(want({"carriers": "B"}))
             events = await mon.mark()
-        assert await act.verify({"carriers": "B"})
+        assert await act.verify(want({"carriers": "B"}))
     ours = [e for e in events if e.split()[0] in ("203.0.113.0/24", "2001:db8:ff::/48")]
     assert any(e.startswith(f"{PREFIX} via {GW_B}") for e in ours), events
     assert any(e.startswith(f"{PREFIX6} via {GW6_B}") for e in ours), events
@@ -213,13 +214,13 @@ async def test_replace_is_atomic(lab: Lab) -> None:
 
 async def test_applying_the_same_state_twice_is_a_noop(lab: Lab) -> None:
     async with actuator(lab.actuator()) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         async with RouteMonitor(lab.pbx) as mon:
-            await act.apply({"carriers": "A"})  # apply itself writes nothing
+            await act.apply(want({"carriers": "A"}))  # apply itself writes nothing
             assert await mon.mark() == []
             # A restarted daemon (fresh socket, fresh converger) does not touch it.
             async with actuator(lab.actuator()) as again, converging(again) as (conv, reports):
-                conv.set_desired({"carriers": "A"})
+                conv.set_desired(want({"carriers": "A"}))
                 r = await reports.wait(lambda r: True)
             assert r.ok and not r.changed
             assert await mon.mark() == []
@@ -234,7 +235,7 @@ async def test_drift_is_restored(lab: Lab) -> None:
             reports,
         ),
     ):
-        conv.set_desired({"carriers": "A"})
+        conv.set_desired(want({"carriers": "A"}))
         await reports.wait(lambda r: r.ok)
 
         lab.pbx.ip("route", "replace", PREFIX, "via", GW_B)  # an operator's hand
@@ -250,9 +251,9 @@ async def test_drift_is_restored(lab: Lab) -> None:
 
 async def test_routing_table_other_than_main(lab: Lab) -> None:
     async with actuator(lab.actuator(table=100)) as act:
-        await act.apply({"carriers": "B"})
-        assert await act.verify({"carriers": "B"})
-        assert not await act.verify({"carriers": "A"})
+        await act.apply(want({"carriers": "B"}))
+        assert await act.verify(want({"carriers": "B"}))
+        assert not await act.verify(want({"carriers": "A"}))
     assert gateways(lab, "table", "100", PREFIX) == [GW_B]
     assert gateways(lab, "table", "100", PREFIX6, v6=True) == [GW6_B]
     assert lab.routes(PREFIX) == []  # main untouched
@@ -262,10 +263,10 @@ async def test_metric_is_part_of_the_identity(lab: Lab) -> None:
     # Someone else's route to the same prefix with another metric is not ours.
     lab.pbx.ip("route", "add", PREFIX, "via", GW_B, "metric", "100")
     async with actuator(lab.actuator(metric=50)) as act:
-        await act.apply({"carriers": "A"})
-        assert await act.verify({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
+        assert await act.verify(want({"carriers": "A"}))
         lab.pbx.ip("route", "replace", PREFIX, "via", GW_A, "metric", "100")
-        assert await act.verify({"carriers": "A"})
+        assert await act.verify(want({"carriers": "A"}))
     by_metric = {r.get("metric"): r["gateway"] for r in lab.routes(PREFIX)}
     assert by_metric == {50: GW_A, 100: GW_A}
 
@@ -276,10 +277,10 @@ async def test_dev_only_routes(lab: Lab) -> None:
         ("g", "B"): [RouteSpec(PREFIX, dev=lab.if_b)],
     }
     async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
-        await act.apply({"g": "A"})
-        assert await act.verify({"g": "A"}) and not await act.verify({"g": "B"})
-        await act.apply({"g": "B"})
-        assert await act.verify({"g": "B"})
+        await act.apply(want({"g": "A"}))
+        assert await act.verify(want({"g": "A"})) and not await act.verify(want({"g": "B"}))
+        await act.apply(want({"g": "B"}))
+        assert await act.verify(want({"g": "B"}))
     (route,) = lab.routes(PREFIX)
     assert route["dev"] == lab.if_b and "gateway" not in route and route["scope"] == "link"
 
@@ -287,22 +288,22 @@ async def test_dev_only_routes(lab: Lab) -> None:
 async def test_gateway_and_dev_must_both_match(lab: Lab) -> None:
     spec = RouteSpec(PREFIX, gateway=GW_A, dev=lab.if_a)
     async with actuator(NetlinkActuator("r", {("g", "A"): [spec]}, netns=lab.pbx.name)) as act:
-        await act.apply({"g": "A"})
-        assert await act.verify({"g": "A"})
+        await act.apply(want({"g": "A"}))
+        assert await act.verify(want({"g": "A"}))
         lab.pbx.ip("route", "replace", PREFIX, "dev", lab.if_b)
-        assert not await act.verify({"g": "A"})
+        assert not await act.verify(want({"g": "A"}))
         lab.pbx.ip("route", "replace", "blackhole", PREFIX)
-        assert not await act.verify({"g": "A"})
-        await act.apply({"g": "A"})
-        assert await act.verify({"g": "A"})
+        assert not await act.verify(want({"g": "A"}))
+        await act.apply(want({"g": "A"}))
+        assert await act.verify(want({"g": "A"}))
 
 
 async def test_missing_interface_is_a_clear_error(lab: Lab) -> None:
     spec = RouteSpec(PREFIX, gateway=GW_A, dev="nosuch0")
     async with actuator(NetlinkActuator("r", {("g", "A"): [spec]}, netns=lab.pbx.name)) as act:
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"g": "A"})
-        assert not await act.verify({"g": "A"})
+            await act.apply(want({"g": "A"}))
+        assert not await act.verify(want({"g": "A"}))
     assert err.value.reason == "netlink"
     assert "'nosuch0' not found" in str(err.value) and PREFIX in str(err.value)
     assert lab.routes(PREFIX) == []
@@ -315,7 +316,7 @@ async def test_kernel_refusal_does_not_stop_other_routes(lab: Lab) -> None:
     }
     async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"g": "A", "h": "A"})
+            await act.apply(want({"g": "A", "h": "A"}))
     assert err.value.reason == "netlink" and "unreachable" in str(err.value)
     assert gateways(lab, PREFIX) == [GW_A]
 
@@ -325,7 +326,7 @@ async def test_missing_namespace_is_an_error_and_not_created() -> None:
     act = NetlinkActuator("r", {("g", "A"): [RouteSpec(PREFIX, gateway=GW_A)]}, netns=name)
     async with actuator(act):
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"g": "A"})
+            await act.apply(want({"g": "A"}))
     assert err.value.reason == "netlink" and name in str(err.value)
     ip = await asyncio.create_subprocess_exec("ip", "netns", "list", stdout=subprocess.PIPE)
     listed, _ = await ip.communicate()
@@ -334,18 +335,18 @@ async def test_missing_namespace_is_an_error_and_not_created() -> None:
 
 async def test_socket_reopens_after_close(lab: Lab) -> None:
     async with actuator(lab.actuator()) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         await act.close()
-        assert await act.verify({"carriers": "A"})
-        await act.apply({"carriers": "B"})
+        assert await act.verify(want({"carriers": "A"}))
+        await act.apply(want({"carriers": "B"}))
     assert gateways(lab, PREFIX) == [GW_B]
 
 
 async def test_ungoverned_groups_and_paths_are_ignored(lab: Lab) -> None:
     async with actuator(lab.actuator()) as act:
-        assert await act.verify({})
-        assert await act.verify({"other": "A", "carriers": "Z"})
-        await act.apply({"other": "A", "carriers": "Z"})
+        assert await act.verify(want({}))
+        assert await act.verify(want({"other": "A", "carriers": "Z"}))
+        await act.apply(want({"other": "A", "carriers": "Z"}))
     assert lab.routes(PREFIX) == []
 
 
@@ -399,27 +400,29 @@ def weighted(lab: Lab) -> NetlinkActuator:
 
 async def test_multipath_with_weights_and_back_without_a_gap(lab: Lab) -> None:
     async with actuator(weighted(lab)) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         async with RouteMonitor(lab.pbx) as mon:
-            assert await act.apply({"carriers": "A+B"})
+            assert await act.apply(want({"carriers": "A+B"}))
             to_multipath = await mon.mark()
             (route,) = lab.routes(PREFIX)
             assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
             assert "gateway" not in route
             (route6,) = lab.routes(PREFIX6, v6=True)
             assert nexthops(route6) == {(GW6_A, lab.if_a, 3), (GW6_B, lab.if_b, 1)}
-            assert await act.verify({"carriers": "A+B"})
-            assert await act.verify({"carriers": "B+A"})  # preference order is not the kernel's
-            assert not await act.verify({"carriers": "A"})
-            assert not await act.verify({"carriers": "B"})
+            assert await act.verify(want({"carriers": "A+B"}))
+            assert await act.verify(
+                want({"carriers": "B+A"})
+            )  # preference order is not the kernel's
+            assert not await act.verify(want({"carriers": "A"}))
+            assert not await act.verify(want({"carriers": "B"}))
 
-            assert await act.apply({"carriers": "B+A"}) is False  # same nexthops: no write
+            assert await act.apply(want({"carriers": "B+A"})) is False  # same nexthops: no write
             assert await mon.mark() == []
 
-            assert await act.apply({"carriers": "B"})
+            assert await act.apply(want({"carriers": "B"}))
             to_plain = await mon.mark()
-        assert await act.verify({"carriers": "B"})
-        assert not await act.verify({"carriers": "A+B"})
+        assert await act.verify(want({"carriers": "B"}))
+        assert not await act.verify(want({"carriers": "A+B"}))
     (route,) = lab.routes(PREFIX)
     assert route["gateway"] == GW_B and "nexthops" not in route
     assert gateways(lab, PREFIX6, v6=True) == [GW6_B]
@@ -430,7 +433,7 @@ async def test_multipath_with_weights_and_back_without_a_gap(lab: Lab) -> None:
 
 
 async def test_multipath_drift_is_repaired(lab: Lab) -> None:
-    desired = {"carriers": "A+B"}
+    desired = want({"carriers": "A+B"})
     hands = [
         ("route", "replace", PREFIX, "via", GW_A),  # down to one nexthop
         ("route", "replace", PREFIX, "nexthop", "via", GW_A, "nexthop", "via", GW_B),  # weights
@@ -479,7 +482,7 @@ async def test_multipath_through_the_converger(lab: Lab) -> None:
             reports,
         ),
     ):
-        conv.set_desired({"carriers": "A+B"})
+        conv.set_desired(want({"carriers": "A+B"}))
         first = await reports.wait(lambda r: r.ok)
         assert first.changed and conv.converged
         lab.pbx.ip("route", "replace", PREFIX, "via", GW_B)  # an operator's hand
@@ -503,8 +506,8 @@ async def test_multipath_merges_per_key_and_shared_nexthops(lab: Lab) -> None:
         ("g", "C"): [RouteSpec(PREFIX, GW_A), RouteSpec(PREFIX6, GW6_A)],
     }
     async with actuator(NetlinkActuator("r", routes, netns=lab.pbx.name)) as act:
-        assert await act.apply({"g": "A+B+C"})
-        assert await act.verify({"g": "A+B+C"})
+        assert await act.apply(want({"g": "A+B+C"}))
+        assert await act.verify(want({"g": "A+B+C"}))
         (route,) = lab.routes(PREFIX)
         assert nexthops(route) == {(GW_A, lab.if_a, 3), (GW_B, lab.if_b, 1)}
         (route6,) = lab.routes(PREFIX6, v6=True)
@@ -512,14 +515,14 @@ async def test_multipath_merges_per_key_and_shared_nexthops(lab: Lab) -> None:
         assert gateways(lab, extra) == [GW_A]
 
         # All that is left after merging is one next hop: a plain route.
-        assert await act.apply({"g": "C+A"})
-        assert await act.verify({"g": "C+A"})
+        assert await act.apply(want({"g": "C+A"}))
+        assert await act.verify(want({"g": "C+A"}))
         assert gateways(lab, PREFIX) == [GW_A]
         assert gateways(lab, PREFIX6, v6=True) == [GW6_A]
 
         # A path this actuator does not govern is ignored within a "+" value.
-        await act.apply({"g": "B+Z"})
-        assert await act.verify({"g": "B+Z"}) and await act.verify({"g": "B"})
+        await act.apply(want({"g": "B+Z"}))
+        assert await act.verify(want({"g": "B+Z"})) and await act.verify(want({"g": "B"}))
         assert gateways(lab, PREFIX) == [GW_B]
 
 
@@ -583,25 +586,29 @@ async def test_rules_switch_make_before_break(lab: Lab) -> None:
     lab.pbx.ip("rule", "add", "priority", "1000", "from", "198.51.100.0/24", "lookup", "100")
     theirs = {f"900 from {SRC} lookup 300", "1000 from 198.51.100.0/24 lookup 100"}
     async with actuator(policy(lab)) as act:
-        assert await act.apply({"carriers": "A"})
+        assert await act.apply(want({"carriers": "A"}))
         assert lab.rules() == theirs | {f"1000 from {SRC} lookup 100"}
         assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 100"}
         assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
         assert lab.gateway_for(HOST6, "2001:db8:a::1", v6=True) == GW6_A
-        assert await act.verify({"carriers": "A"}) and not await act.verify({"carriers": "B"})
+        assert await act.verify(want({"carriers": "A"})) and not await act.verify(
+            want({"carriers": "B"})
+        )
 
         async with RouteMonitor(lab.pbx, rules=True) as mon:
-            assert await act.apply({"carriers": "B"})
+            assert await act.apply(want({"carriers": "B"}))
             events = await mon.mark()
-            assert await act.apply({"carriers": "B"}) is False
+            assert await act.apply(want({"carriers": "B"})) is False
             assert await mon.mark() == []
-        assert await act.verify({"carriers": "B"}) and not await act.verify({"carriers": "A"})
+        assert await act.verify(want({"carriers": "B"})) and not await act.verify(
+            want({"carriers": "A"})
+        )
         assert lab.rules() == theirs | {f"1000 from {SRC} lookup 200"}
         assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 200"}
         assert lab.gateway_for(HOST, "192.0.2.1") == GW_B
         assert lab.gateway_for(HOST6, "2001:db8:a::1", v6=True) == GW6_B
 
-        assert await act.apply({"carriers": "A"})
+        assert await act.apply(want({"carriers": "A"}))
         assert lab.rules() == theirs | {f"1000 from {SRC} lookup 100"}
         assert lab.gateway_for(HOST, "192.0.2.1") == GW_A
 
@@ -621,25 +628,27 @@ async def test_rules_union_for_multipath_and_paths_without_rules(lab: Lab) -> No
         rules={("carriers", "N"): []},  # governed here, wants no rules
     )
     async with actuator(act):
-        await act.apply({"carriers": "A+B"})
+        await act.apply(want({"carriers": "A+B"}))
         assert lab.rules() == {f"1000 from {SRC} lookup 100", f"1000 from {SRC} lookup 200"}
-        assert await act.verify({"carriers": "B+A"}) and not await act.verify({"carriers": "A"})
+        assert await act.verify(want({"carriers": "B+A"})) and not await act.verify(
+            want({"carriers": "A"})
+        )
 
-        assert await act.apply({"carriers": "M"})
+        assert await act.apply(want({"carriers": "M"}))
         assert lab.rules() == set() and lab.rules(v6=True) == set()
         assert gateways(lab, PREFIX) == [GW_B]
 
-        await act.apply({"carriers": "A"})
-        assert await act.apply({"carriers": "Z"}) is False  # not governed: left alone
-        assert await act.verify({"carriers": "Z"})
+        await act.apply(want({"carriers": "A"}))
+        assert await act.apply(want({"carriers": "Z"})) is False  # not governed: left alone
+        assert await act.verify(want({"carriers": "Z"}))
         assert lab.rules() == {f"1000 from {SRC} lookup 100"}
 
-        assert await act.apply({"carriers": "N"})
-        assert lab.rules() == set() and await act.verify({"carriers": "N"})
+        assert await act.apply(want({"carriers": "N"}))
+        assert lab.rules() == set() and await act.verify(want({"carriers": "N"}))
 
 
 async def test_rule_changed_by_hand_is_restored(lab: Lab) -> None:
-    desired = {"carriers": "A"}
+    desired = want({"carriers": "A"})
     async with actuator(policy(lab)) as act:
         await act.apply(desired)
         lab.pbx.ip("rule", "del", "priority", "1000", "from", SRC, "lookup", "100")
@@ -665,12 +674,14 @@ async def test_rule_delete_that_would_hit_someone_elses_rule_is_refused(lab: Lab
         ("other", "Y"): [RuleSpec(2000, 400, dst=PREFIX)],
     }
     async with actuator(policy(lab, rules=other)) as act:
-        await act.apply({"carriers": "A", "other": "X"})
+        await act.apply(want({"carriers": "A", "other": "X"}))
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"carriers": "B", "other": "Y"})
+            await act.apply(want({"carriers": "B", "other": "Y"}))
         assert err.value.groups == {"carriers"}
         assert f"'1000: from {SRC} iif lo lookup 100' first" in err.value.message
-        assert not await act.verify({"carriers": "B"}) and await act.verify({"other": "Y"})
+        assert not await act.verify(want({"carriers": "B"})) and await act.verify(
+            want({"other": "Y"})
+        )
         assert lab.rules() == {
             f"1000 from {SRC} iif lo lookup 100",  # untouched
             f"1000 from {SRC} lookup 100",  # still there: refused
@@ -680,27 +691,27 @@ async def test_rule_delete_that_would_hit_someone_elses_rule_is_refused(lab: Lab
         assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 200"}
 
         lab.pbx.ip("rule", "del", "priority", "1000", "from", SRC, "iif", "lo", "lookup", "100")
-        assert await act.apply({"carriers": "B", "other": "Y"})
+        assert await act.apply(want({"carriers": "B", "other": "Y"}))
         assert lab.rules() == {f"1000 from {SRC} lookup 200", "2000 from all lookup 400"}
 
 
 async def test_rules_with_more_selectors_are_not_ours(lab: Lab) -> None:
     async with actuator(policy(lab)) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         # Same identity fields as A's rule, plus an oif: someone else's. It comes
         # after ours, so deleting ours cannot take it.
         lab.pbx.ip("rule", "add", "priority", "1000", "from", SRC, "oif", lab.if_b, "lookup", "100")
         theirs = f"1000 from {SRC} oif {lab.if_b} lookup 100"
-        assert await act.apply({"carriers": "B"})
-        assert await act.verify({"carriers": "B"})
+        assert await act.apply(want({"carriers": "B"}))
+        assert await act.verify(want({"carriers": "B"}))
         assert lab.rules() == {theirs, f"1000 from {SRC} lookup 200"}
-        assert await act.apply({"carriers": "A"})  # not taken for ours: ours is added
+        assert await act.apply(want({"carriers": "A"}))  # not taken for ours: ours is added
         assert lab.rules() == {theirs, f"1000 from {SRC} lookup 100"}
 
 
 async def test_rule_add_refused_by_the_kernel_breaks_nothing(lab: Lab) -> None:
     async with actuator(policy(lab)) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         # The kernel's duplicate check ignores "not" (but not the protocol): adding
         # B's rule is refused.
         lab.pbx.ip(
@@ -717,9 +728,9 @@ async def test_rule_add_refused_by_the_kernel_breaks_nothing(lab: Lab) -> None:
             "static",
         )
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"carriers": "B"})
+            await act.apply(want({"carriers": "B"}))
         assert err.value.groups == {"carriers"} and "File exists" in err.value.message
-        assert not await act.verify({"carriers": "B"})
+        assert not await act.verify(want({"carriers": "B"}))
     # Nothing of the group was deleted: A's rules still steer (IPv6's B rule is in too).
     assert lab.rules() == {f"1000 from {SRC} lookup 100", f"1000 not from {SRC} lookup 200"}
     assert lab.rules(v6=True) == {f"1000 from {SRC6} lookup 100", f"1000 from {SRC6} lookup 200"}
@@ -729,9 +740,9 @@ async def test_rule_add_refused_by_the_kernel_breaks_nothing(lab: Lab) -> None:
 async def test_failed_routes_keep_the_groups_rules(lab: Lab) -> None:
     broken = {("carriers", "B"): [RouteSpec(PREFIX, GW_B, "nosuch0", table=200)]}
     async with actuator(policy(lab, routes=broken)) as act:
-        await act.apply({"carriers": "A"})
+        await act.apply(want({"carriers": "A"}))
         with pytest.raises(ActuatorError) as err:
-            await act.apply({"carriers": "B"})
+            await act.apply(want({"carriers": "B"}))
         assert err.value.groups == {"carriers"} and "'nosuch0' not found" in err.value.message
     # Traffic stays on A's table rather than on a table without its routes.
     assert lab.rules() == {f"1000 from {SRC} lookup 100"}
@@ -749,15 +760,15 @@ async def test_rule_selectors_read_back(lab: Lab) -> None:
     }
     act = NetlinkActuator("r", {}, rules, netns=lab.pbx.name)
     async with actuator(act):
-        assert await act.apply({"g": "A"})
-        assert await act.verify({"g": "A"}) and not await act.verify({"g": "B"})
-        assert await act.apply({"g": "A"}) is False
+        assert await act.apply(want({"g": "A"}))
+        assert await act.verify(want({"g": "A"})) and not await act.verify(want({"g": "B"}))
+        assert await act.apply(want({"g": "A"})) is False
         assert lab.rules() == {
             f"1100 from all iif {lab.if_a} lookup 70000",
             "1200 from all iif tgnosuch0 lookup 300",
         }
         assert lab.rules(v6=True) == {"1100 from all lookup 70000"}
-        assert await act.apply({"g": "B"})
+        assert await act.apply(want({"g": "B"}))
         assert lab.rules() == set() and lab.rules(v6=True) == {"1100 from all lookup 70001"}
 
 

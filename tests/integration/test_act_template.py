@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.lib.core import routes, texts
 from tests.lib.reports import Reports
 from trunkguard.act.base import ActuatorError
 from trunkguard.act.converge import Converger
 from trunkguard.act.template import TemplateActuator, TemplateSpec
+from trunkguard.core.ids import Paths
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +32,16 @@ VARS = {
     "carrier-a": {"trunk_name": "carrier-a", "password": "hunter2"},
     "carrier-b": {"trunk_name": "carrier-b", "password": "swordfish"},
 }
-A = {"outbound": "carrier-a"}
-B = {"outbound": "carrier-b"}
+A = routes({"outbound": "carrier-a"})
+B = routes({"outbound": "carrier-b"})
 A_TEXT = "trunk=carrier-a pass=hunter2\n"
 B_TEXT = "trunk=carrier-b pass=swordfish\n"
 
 
-def context(desired: Mapping[str, str]) -> Mapping[str, Any]:
+def context(desired: Mapping[str, Paths]) -> Mapping[str, Any]:
+    paths = texts(desired)
     return {
-        "routes": {g: {"path": p, "vars": VARS[p], "remote": False} for g, p in desired.items()},
+        "routes": {g: {"path": p, "vars": VARS[p], "remote": False} for g, p in paths.items()},
         "site": "bj1",
         "node": "sbc2",
     }

@@ -19,17 +19,11 @@ import structlog
 from structlog.testing import CapturingLogger
 from structlog.typing import FilteringBoundLogger
 
-from trunkguard.watch.cooling import (
-    CommandSource,
-    HwmonSource,
-    IpmiSource,
-    LmSensorsSource,
-    MqttSource,
-    Sample,
-    SensorPlan,
-    SensorWatcher,
-    ThermalSource,
-)
+from trunkguard.features.sensors.mqtt import MqttSource
+from trunkguard.features.sensors.poller import SensorPlan, SensorWatcher
+from trunkguard.features.sensors.programs import CommandSource, IpmiSource, LmSensorsSource
+from trunkguard.features.sensors.source import Sample
+from trunkguard.features.sensors.sysfs import HwmonSource, ThermalSource
 
 pytestmark = pytest.mark.integration
 
@@ -145,13 +139,15 @@ async def test_hwmon_and_thermal_values_follow_the_files(
     w = start(
         watches,
         [
-            plan("package", HwmonSource("coretemp", label="Package id 0", root=hw)),
-            plan("core0", HwmonSource("coretemp", input="temp2", root=hw)),
-            plan("fan", HwmonSource("nct6775", input="fan1", root=hw)),
+            plan("package", HwmonSource(chip="coretemp", label="Package id 0", root=hw)),
+            plan("core0", HwmonSource(chip="coretemp", input="temp2", root=hw)),
+            plan("fan", HwmonSource(chip="nct6775", input="fan1", root=hw)),
             plan(
-                "intrusion", HwmonSource("nct6775", input="intrusion0_alarm", root=hw), kind="bool"
+                "intrusion",
+                HwmonSource(chip="nct6775", input="intrusion0_alarm", root=hw),
+                kind="bool",
             ),
-            plan("pkg_zone", ThermalSource("x86_pkg_temp", root=th)),
+            plan("pkg_zone", ThermalSource(type="x86_pkg_temp", root=th)),
         ],
     )
     assert (await w.sample("package"))[1:4:2] == (45.0, "")
@@ -175,13 +171,13 @@ async def test_sysfs_failures_are_reported(tmp_path: Path, watches: list[Watch])
     w = start(
         watches,
         [
-            plan("no_chip", HwmonSource("k10temp", input="temp1", root=str(hw))),
-            plan("two_chips", HwmonSource("coretemp", input="temp1", root=str(hw))),
-            plan("no_label", HwmonSource("acpitz", label="Tctl", root=str(hw))),
-            plan("no_file", HwmonSource("acpitz", input="temp9", root=str(hw))),
-            plan("garbage", HwmonSource("nct6775", input="temp1", root=str(hw))),
-            plan("no_root", HwmonSource("coretemp", input="temp1", root=str(tmp_path / "x"))),
-            plan("no_zone", ThermalSource("acpitz-2", root=th)),
+            plan("no_chip", HwmonSource(chip="k10temp", input="temp1", root=str(hw))),
+            plan("two_chips", HwmonSource(chip="coretemp", input="temp1", root=str(hw))),
+            plan("no_label", HwmonSource(chip="acpitz", label="Tctl", root=str(hw))),
+            plan("no_file", HwmonSource(chip="acpitz", input="temp9", root=str(hw))),
+            plan("garbage", HwmonSource(chip="nct6775", input="temp1", root=str(hw))),
+            plan("no_root", HwmonSource(chip="coretemp", input="temp1", root=str(tmp_path / "x"))),
+            plan("no_zone", ThermalSource(type="acpitz-2", root=th)),
         ],
     )
     expect = {
@@ -206,7 +202,7 @@ async def test_a_blocked_sysfs_read_is_timed_out_and_not_piled_up(
     os.mkfifo(fifo)  # open() for reading blocks until a writer comes: a wedged sensor
     w = start(
         watches,
-        [plan("wedged", HwmonSource("acpitz", input="temp2", root=str(hw)), timeout=0.2)],
+        [plan("wedged", HwmonSource(chip="acpitz", input="temp2", root=str(hw)), timeout=0.2)],
     )
     try:
         assert "read took longer than 0.2s" in (await w.sample("wedged"))[3]
@@ -235,7 +231,10 @@ async def test_command_values_in_a_minimal_environment(
     )
     w = start(
         watches,
-        [plan("room", CommandSource(number)), plan("env", CommandSource(env_ok), kind="bool")],
+        [
+            plan("room", CommandSource(argv=number)),
+            plan("env", CommandSource(argv=env_ok), kind="bool"),
+        ],
         env={"TRUNKGUARD_SITE": "bj1"},
     )
     assert (await w.sample("room"))[1] == 21.5
@@ -256,12 +255,15 @@ async def test_one_program_run_serves_every_sensor_reading_it(
     w = start(
         watches,
         [
-            plan("inlet", IpmiSource("Inlet Temp", ipmitool), interval=3600),
-            plan("exhaust", IpmiSource("Exhaust Temp", ipmitool), interval=3600),
-            plan("cpu1", IpmiSource("Temp@0Eh", ipmitool), interval=3600),
-            plan("cpu2", IpmiSource("Temp@0Fh", ipmitool), interval=3600),
-            plan("package", LmSensorsSource("coretemp-isa-*", "Package id 0", argv=sensors)),
-            plan("systin", LmSensorsSource("nct67*", "SYSTIN", argv=sensors)),
+            plan("inlet", IpmiSource(name="Inlet Temp", argv=ipmitool), interval=3600),
+            plan("exhaust", IpmiSource(name="Exhaust Temp", argv=ipmitool), interval=3600),
+            plan("cpu1", IpmiSource(name="Temp@0Eh", argv=ipmitool), interval=3600),
+            plan("cpu2", IpmiSource(name="Temp@0Fh", argv=ipmitool), interval=3600),
+            plan(
+                "package",
+                LmSensorsSource(chip="coretemp-isa-*", feature="Package id 0", argv=sensors),
+            ),
+            plan("systin", LmSensorsSource(chip="nct67*", feature="SYSTIN", argv=sensors)),
         ],
     )
     assert (await w.sample("inlet"))[1] == 24.0
@@ -282,8 +284,8 @@ async def test_a_group_polls_at_its_smallest_interval(tmp_path: Path, watches: l
     w = start(
         watches,
         [
-            plan("slow", IpmiSource("Inlet Temp", ipmitool), interval=3600),
-            plan("fast", IpmiSource("Exhaust Temp", ipmitool), interval=0.05),
+            plan("slow", IpmiSource(name="Inlet Temp", argv=ipmitool), interval=3600),
+            plan("fast", IpmiSource(name="Exhaust Temp", argv=ipmitool), interval=0.05),
         ],
     )
     for _ in range(3):
@@ -300,7 +302,7 @@ async def test_hanging_program_is_killed_with_its_group(
         "hang.sh",
         f'sleep 300 &\necho $! > "{tmp_path}/grandchild"\necho $$ > "{tmp_path}/child"\nwait\n',
     )
-    w = start(watches, [plan("hang", CommandSource(argv), interval=3600, timeout=1.0)])
+    w = start(watches, [plan("hang", CommandSource(argv=argv), interval=3600, timeout=1.0)])
     _, value, _, error = await w.sample("hang")
     assert value is None and error == "/bin/sh: killed after 1s"
     pids = [int((tmp_path / n).read_text()) for n in ("child", "grandchild")]
@@ -317,10 +319,12 @@ async def test_program_failures_are_reported(tmp_path: Path, watches: list[Watch
     w = start(
         watches,
         [
-            plan("missing", IpmiSource("Inlet Temp", (str(tmp_path / "ipmitool"),))),
-            plan("exit", CommandSource(failing)),
-            plan("flood", CommandSource(("/usr/bin/yes", "1"))),
-            plan("empty", LmSensorsSource("coretemp-*", "Core 0", argv=("/bin/true",))),
+            plan("missing", IpmiSource(name="Inlet Temp", argv=[str(tmp_path / "ipmitool")])),
+            plan("exit", CommandSource(argv=failing)),
+            plan("flood", CommandSource(argv=["/usr/bin/yes", "1"])),
+            plan(
+                "empty", LmSensorsSource(chip="coretemp-*", feature="Core 0", argv=("/bin/true",))
+            ),
         ],
     )
     expect = {
@@ -350,7 +354,7 @@ async def test_warns_once_per_error_and_tells_when_it_reads_again(
     )
     w = start(
         watches,
-        [plan("probe", CommandSource(argv)), plan("bus", MqttSource("bms/room1/temp"))],
+        [plan("probe", CommandSource(argv=argv)), plan("bus", MqttSource(topic="bms/room1/temp"))],
         log=cast(FilteringBoundLogger, log),
     )
     for _ in range(3):

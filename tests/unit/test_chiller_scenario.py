@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trunkguard.core.engine import Engine, Inputs, Step
+from tests.lib.core import Inputs, Step, texts
+from tests.lib.core import StepEngine as Engine
 from trunkguard.core.events import Decision, State, Verdict
 from trunkguard.core.health import HealthParams
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.policy import GroupSpec, PathSpec
 from trunkguard.core.sensor import Level, SensorSpec
 from trunkguard.core.site import (
@@ -48,7 +50,7 @@ from trunkguard.core.site import (
 
 ROOMS = ("room:a", "room:b", "room:c")
 CHILLER = "chiller"
-LOCAL, REMOTE = "trunk:local", "trunk:remote"
+LOCAL, REMOTE = T("trunk:local"), T("trunk:remote")
 PERIOD = 10.0  # s between readings
 T0 = 600.0  # the chiller stops; before, 10 minutes of steady 22 °C fill the trend window
 T1 = T0 + 480.0  # the chiller runs again, the rooms at 38 °C
@@ -129,7 +131,7 @@ def run(noise: Noise, phase: float = 0.0, end: float = T1 + 1200.0) -> Run:
     for at in (0.0, 1.0):
         for trunk in (LOCAL, REMOTE):
             record(eng.observe(Verdict(trunk, True, at, "200 OK")), at)
-    assert eng.desired() == {"out": "local"}
+    assert texts(eng.desired()) == {"out": "local"}
 
     k = 0
     while (t := phase + PERIOD * k) <= end:
@@ -145,7 +147,7 @@ def run(noise: Noise, phase: float = 0.0, end: float = T1 + 1200.0) -> Run:
             if t > T1 and value < CRITICAL - 1.0:  # below critical's hysteresis
                 r.below_critical_at.setdefault(name, t)
         k += 1
-    assert eng.desired() == {"out": "local"}
+    assert texts(eng.desired()) == {"out": "local"}
     assert eng.states() == {LOCAL: State.UP, REMOTE: State.UP}
     return r
 
@@ -159,9 +161,9 @@ def check(r: Run) -> tuple[Decision, Decision]:
     """The scenario's assertions; returns the evacuate and return decisions."""
     assert [d.kind for d in r.decisions] == ["initial", "evacuate", "return"]
     initial, evac, back = r.decisions
-    assert initial.new_path == "local"
+    assert str(initial.new) == "local"
     # Out before any room is critical, with the lead the rule guarantees.
-    assert evac.new_path == "remote" and evac.old_path == "local"
+    assert str(evac.new) == "remote" and str(evac.old) == "local"
     assert evac.at >= T0 and evac.cause_at == evac.at
     assert r.first_critical is not None and evac.at < r.first_critical
     assert r.first_critical - evac.at >= GUARANTEED_LEAD
@@ -175,7 +177,7 @@ def check(r: Run) -> tuple[Decision, Decision]:
     assert r.clear_at is not None
     assert r.clear_at == max(r.below_critical_at.values())
     assert r.site_changes[1].at == r.clear_at + HOLD
-    assert back.kind == "return" and back.new_path == "local" and back.old_path == "remote"
+    assert back.kind == "return" and str(back.new) == "local" and str(back.old) == "remote"
     assert back.at == back.cause_at == r.clear_at + HOLD
     return evac, back
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from trunkguard.config import ConfigError, load_config, parse_config, parse_duration
+from trunkguard.features.trunks import probe_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,14 +37,15 @@ def problems(text: str) -> list[str]:
 def test_example_config_is_valid() -> None:
     cfg = load_config(ROOT / "configs/example.yaml")
     assert cfg.probe.fast_interval == 0.2
-    assert cfg.probe_for("carrier-b").ok_codes == ["2xx", 403]
+    assert probe_for(cfg, "carrier-b").ok_codes == ["2xx", 403]
 
 
 def test_good_config_and_overrides() -> None:
     cfg = parse_config(GOOD)
-    hp = cfg.health_params()
+    spec = cfg.core_spec()
+    hp = {str(t): ts.params for t, ts in spec.trunks.items()}
     assert hp["trunk:carrier-b"].fall == 2 and hp["trunk:carrier-a"].fall == 3
-    g = cfg.group_specs()[0]
+    g = spec.groups[0]
     assert g.hold == 10.0 and [p.name for p in g.paths] == ["a", "b"]
 
 
@@ -177,9 +179,9 @@ def test_transports_tls_and_quorum(tmp_path: Path) -> None:
         '  carrier-c: {uri: "sip:carrier.test;transport=tcp", healthy_when: 2}',
     )
     cfg = parse_config(text)
-    q = cfg.quorums()
+    q = {str(t): ts.quorum for t, ts in cfg.core_spec().trunks.items()}
     assert str(q["trunk:carrier-b"]) == "all" and q["trunk:carrier-c"].n == 2
-    assert cfg.tls_for("carrier-b").ca_file == str(ca)  # type: ignore[union-attr]
+    assert cfg.trunks["carrier-b"].tls.ca_file == str(ca)  # type: ignore[union-attr]
     bad = text.replace(str(ca), str(tmp_path / "nope.pem"))
     assert any(p.startswith("trunks.carrier-b.tls.ca_file: cannot read") for p in problems(bad))
     bad = text.replace(

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from trunkguard.config import ConfigError, parse_config
-from trunkguard.daemon import build_actuators, template_context
+from trunkguard.core.ids import Paths
+from trunkguard.features import actuators as build_actuators
+from trunkguard.features.templates import template_context
 
 
 def text(tmp: Path, template: str = "{{ routes.pstn.vars.host }}\n") -> str:
@@ -47,7 +49,7 @@ def test_actuators_are_built_with_their_settings(tmp_path: Path) -> None:
     acts = build_actuators(cfg, {})
     assert [a.name for a in acts] == ["kamailio", "template:pbx"]
     assert cfg.actuators.templates[0].mode == 0o640
-    ctx = template_context(cfg)({"pstn": "b"})
+    ctx = template_context(cfg)({"pstn": Paths.parse("b")})
     assert ctx["routes"] == {
         "pstn": {"path": "b", "paths": ["b"], "vars": {"host": "198.51.100.1"}, "remote": False}
     }
@@ -129,7 +131,7 @@ routes:
 
 def test_multipath_and_policy_rules_are_built() -> None:
     cfg = parse_config(POLICY)
-    spread, media = cfg.group_specs()
+    spread, media = cfg.core_spec().groups
     assert spread.mode == "multipath" and media.mode == "failover"
     assert cfg.routes["spread"].paths[0].actions.netlink[0].spec().weight == 3
     rule = cfg.routes["media"].paths[1].actions.rules[0].spec()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trunkguard.config import ConfigError, parse_config
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.site import AllOf, AnyOf, Match
 
 SITE = """\
@@ -48,10 +49,11 @@ def problems(text: str) -> list[str]:
 
 def test_site_config_builds_the_core_inputs() -> None:
     cfg = parse_config(SITE)
-    inp = cfg.inputs()
-    assert inp.links["link:uplink-a"].up_hold == 3.0
-    assert inp.links["link:uplink-a"].down_hold == 0.0
-    assert inp.depends == {"trunk:local-a": ("link:uplink-a",)}
+    inp = cfg.core_spec()
+    assert inp.links[T("link:uplink-a")].up_hold == 3.0
+    assert inp.links[T("link:uplink-a")].down_hold == 0.0
+    depends = {t: ts.depends_on for t, ts in inp.trunks.items() if ts.depends_on}
+    assert depends == {T("trunk:local-a"): (T("link:uplink-a"),)}
     assert inp.sensors["chiller"].critical_when is False
     assert inp.sensors["room-a"].unit == "°C"
     assert inp.site.hold == 600.0 and inp.site.return_mode == "manual"
@@ -62,9 +64,9 @@ def test_site_config_builds_the_core_inputs() -> None:
     both = rule.items[2]
     assert isinstance(both, AllOf) and both.items[1].at_least == 2  # type: ignore[union-attr]
     assert rule.items[3].at_least is None  # type: ignore[union-attr]
-    plans = {p.name: p for p in cfg.sensor_plans()}
-    assert plans["room-b"].source.field == "data.temp"  # type: ignore[union-attr]
-    assert cfg.link_specs()[0].gateway == "192.0.2.254"
+    plans = {n: sc.plan(n) for n, sc in cfg.sensors.items()}
+    assert plans["room-b"].source.field == "data.temp"  # type: ignore[attr-defined]
+    assert cfg.links["uplink-a"].spec("uplink-a").gateway == "192.0.2.254"
 
 
 @pytest.mark.parametrize(

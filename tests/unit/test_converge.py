@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from tests.lib.core import routes, texts
 from tests.lib.reports import Reports
 from trunkguard.act.base import Actuator, ActuatorError
 from trunkguard.act.converge import ApplyReport, Converger
+from trunkguard.core.ids import Paths
 
 WAIT = 5.0  # safety net only: every wait below ends on an event
 
@@ -31,7 +33,8 @@ class FakeActuator:
         self.verifies = 0
         self.verified = asyncio.Event()
 
-    async def apply(self, desired: Mapping[str, str]) -> None:
+    async def apply(self, desired: Mapping[str, Paths]) -> None:
+        desired = texts(desired)
         self.calls.append(("apply", dict(desired)))
         self.activity.set()
         if self.apply_errors:
@@ -39,7 +42,8 @@ class FakeActuator:
         if self.effective:
             self.real.update(desired)
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Mapping[str, Paths]) -> bool:
+        desired = texts(desired)
         self.calls.append(("verify", dict(desired)))
         self.activity.set()
         self.verifies += 1
@@ -84,7 +88,7 @@ async def test_nothing_happens_before_first_set_desired() -> None:
                 await act.activity.wait()
         assert act.calls == [] and reports.items == []
         assert conv.desired is None and not conv.converged
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         await reports.count(1)
         assert act.calls[0] == ("verify", {"g": "A"})
 
@@ -94,7 +98,7 @@ async def test_no_apply_when_already_in_place() -> None:
     act.real = {"g": "A"}
     conv = make(act, reports)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         (r,) = await reports.count(1)
     assert r.ok and not r.changed and r.trigger == "desired" and r.attempt == 1
     assert act.applies() == 0
@@ -119,12 +123,12 @@ async def test_reading_actuator_skips_the_pre_check_and_reports_no_change() -> N
     act.before = dict(act.real)
     conv = make(act, reports)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         (r,) = await reports.count(1)
         assert r.ok and not r.changed
         assert [k for k, _ in act.calls] == ["apply"]  # no verify before, nothing to read back
-        conv.set_desired({"g": "B"})
-        r = await reports.wait(lambda r: dict(r.desired) == {"g": "B"})
+        conv.set_desired(routes({"g": "B"}))
+        r = await reports.wait(lambda r: texts(r.desired) == {"g": "B"})
     assert r.ok and r.changed
     assert [k for k, _ in act.calls] == ["apply", "apply", "verify"]
 
@@ -139,7 +143,7 @@ async def test_apply_then_verify() -> None:
         (r,) = await reports.count(1)
         assert conv.converged
     assert r.ok and r.changed and r.error is None
-    assert dict(r.desired) == {"g": "A", "h": "X"} == dict(conv.desired or {})
+    assert texts(r.desired) == {"g": "A", "h": "X"} == dict(conv.desired or {})
     assert [k for k, _ in act.calls] == ["verify", "apply", "verify"]
     assert r.started_at <= r.finished_at
 
@@ -149,7 +153,7 @@ async def test_mismatch_after_apply_is_a_verify_error() -> None:
     act.effective = False
     conv = make(act, reports, backoff_initial=0.01)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         r = await reports.wait(lambda r: not r.ok)
         second = await reports.wait(lambda r: r.attempt == 2)
     assert r.error_reason == "verify" and r.changed
@@ -162,7 +166,7 @@ async def test_retry_with_exponential_backoff_then_success() -> None:
     act.apply_errors = [ActuatorError("exit", "boom") for _ in range(5)]
     conv = make(act, reports, backoff_initial=0.01, backoff_max=0.04)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         done = await reports.wait(lambda r: r.ok)
     rs = reports.items
     assert [r.ok for r in rs] == [False] * 5 + [True]
@@ -181,12 +185,12 @@ async def test_newer_desired_supersedes_a_pending_retry() -> None:
     act.apply_errors = [ActuatorError("exit", "A is broken")]
     conv = make(act, reports, backoff_initial=60, backoff_max=60)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         await reports.wait(lambda r: not r.ok)
         # The retry for A is 60 s away; B must not wait for it.
-        conv.set_desired({"g": "B"})
+        conv.set_desired(routes({"g": "B"}))
         r = await reports.wait(lambda r: r.ok)
-    assert dict(r.desired) == {"g": "B"} and r.trigger == "desired" and r.attempt == 1
+    assert texts(r.desired) == {"g": "B"} and r.trigger == "desired" and r.attempt == 1
     assert act.real == {"g": "B"}
 
 
@@ -195,11 +199,11 @@ async def test_new_desired_resets_backoff() -> None:
     act.apply_errors = [ActuatorError("exit", "no") for _ in range(7)]
     conv = make(act, reports, backoff_initial=0.01, backoff_max=60)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         # After 6 failures A's next retry would be 0.64 s away.
         await reports.wait(lambda r: r.attempt == 6)
-        conv.set_desired({"g": "B"})
-        first = await reports.wait(lambda r: r.desired.get("g") == "B")
+        conv.set_desired(routes({"g": "B"}))
+        first = await reports.wait(lambda r: str(r.desired.get("g")) == "B")
         done = await reports.wait(lambda r: r.ok)
     assert not first.ok and first.attempt == 1  # the 7th error lands on B
     assert done.trigger == "retry" and done.attempt == 2
@@ -210,13 +214,13 @@ async def test_identical_desired_is_ignored() -> None:
     act, reports = FakeActuator(), Reports()
     conv = make(act, reports)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         await reports.count(1)
         calls = len(act.calls)
-        conv.set_desired({"g": "A"})
-        conv.set_desired({"g": "B"})
+        conv.set_desired(routes({"g": "A"}))
+        conv.set_desired(routes({"g": "B"}))
         await reports.count(2)
-    assert [dict(r.desired) for r in reports.items] == [{"g": "A"}, {"g": "B"}]
+    assert [texts(r.desired) for r in reports.items] == [{"g": "A"}, {"g": "B"}]
     assert act.calls[calls] == ("verify", {"g": "B"})
 
 
@@ -224,7 +228,7 @@ async def test_drift_is_repaired() -> None:
     act, reports = FakeActuator(), Reports()
     conv = make(act, reports, drift_interval=0.01)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         await reports.count(1)
         # Quiet drift checks verify, but neither apply nor report.
         start = act.verifies
@@ -244,7 +248,7 @@ async def test_failed_drift_repair_is_retried() -> None:
     act, reports = FakeActuator(), Reports()
     conv = make(act, reports, drift_interval=0.01, backoff_initial=0.01)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         await reports.count(1)
         act.apply_errors = [ActuatorError("netlink", "down")]
         act.real.clear()  # e.g. the kernel flushed the route
@@ -268,7 +272,7 @@ async def test_unexpected_exceptions_do_not_kill_the_loop() -> None:
     loop = asyncio.get_running_loop()
     conv = Converger(act, backoff_initial=0.01, clock=loop.time, on_report=on_report)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         done = await reports.wait(lambda r: r.ok)
     first, second = reports.items[:2]
     assert first.error_reason == "internal" and "RuntimeError: bug" in (first.error or "")
@@ -289,7 +293,7 @@ async def test_failing_verify_before_apply_does_not_block_apply() -> None:
     act.verify = flaky_verify  # type: ignore[method-assign]
     conv = make(act, reports)
     async with running(conv):
-        conv.set_desired({"g": "A"})
+        conv.set_desired(routes({"g": "A"}))
         (r,) = await reports.count(1)
     assert r.ok and r.changed and act.real == {"g": "A"}
 
@@ -305,7 +309,7 @@ async def test_cancel_during_apply() -> None:
     act.apply = slow_apply  # type: ignore[method-assign]
     conv = make(act, reports)
     task = asyncio.create_task(conv.run())
-    conv.set_desired({"g": "A"})
+    conv.set_desired(routes({"g": "A"}))
     async with asyncio.timeout(WAIT):
         await entered.wait()
     task.cancel()

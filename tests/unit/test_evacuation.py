@@ -7,18 +7,20 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from trunkguard.core.engine import Engine, Inputs, Step
+from tests.lib.core import Inputs, Step, texts
+from tests.lib.core import StepEngine as Engine
 from trunkguard.core.events import Decision, State, Verdict
 from trunkguard.core.health import HealthParams
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.link import LinkParams
 from trunkguard.core.policy import GroupSpec, PathSpec
 from trunkguard.core.sensor import SensorSpec
 from trunkguard.core.site import AllOf, AnyOf, Match, Rule, SiteSpec, SiteState
 
 P = HealthParams(interval=1.0, fast_interval=0.2, rise=1, fall=1)
-LOCAL, REMOTE, REMOTE2 = "trunk:local", "trunk:remote", "trunk:remote2"
-A, B = "trunk:a", "trunk:b"
-LINK, LINK2 = "link:uplink", "link:uplink2"
+LOCAL, REMOTE, REMOTE2 = T("trunk:local"), T("trunk:remote"), T("trunk:remote2")
+A, B = T("trunk:a"), T("trunk:b")
+LINK, LINK2 = T("link:uplink"), T("link:uplink2")
 U, D = State.UP, State.DOWN
 
 OUT = GroupSpec(
@@ -72,7 +74,7 @@ def all_up(eng: Engine, at: float = 0.0) -> list[Decision]:
 
 
 def moves(step: Step) -> list[tuple[str, str, str]]:
-    return [(d.group, d.new_path, d.kind) for d in step.decisions]
+    return [(d.group, str(d.new), d.kind) for d in step.decisions]
 
 
 # ---- links -> trunks -> groups ---------------------------------------------------------
@@ -84,7 +86,7 @@ def test_a_link_going_down_takes_its_trunks_down_at_once_and_back_after_up_hold(
     eng = engine([LINKED], rule=None, links=[LINK], depends={LOCAL: (LINK,)})
     s = eng.observe_link(LINK, True, "carrier", 0)
     assert [(t.target, t.new) for t in s.transitions] == [(LINK, U)] and not s.decisions
-    assert [d.new_path for d in all_up(eng, 0)] == ["main"]
+    assert [str(d.new) for d in all_up(eng, 0)] == ["main"]
     s = eng.observe_link(LINK, False, "carrier lost", 10)
     assert [(t.target, t.new) for t in s.transitions] == [(LINK, D), (LOCAL, D)]
     assert s.transitions[1].reason == "link:uplink down: carrier lost"
@@ -113,7 +115,7 @@ def test_probes_that_failed_during_the_outage_keep_the_trunk_down_after_it() -> 
     assert not verdict(eng, LOCAL, False, 11).transitions  # already down
     s = eng.observe_link(LINK, True, "carrier", 12)
     assert [(t.target, t.new) for t in s.transitions] == [(LINK, U)]
-    assert eng.targets[LOCAL].state is D and eng.desired() == {"out": "backup"}
+    assert eng.targets[LOCAL].state is D and texts(eng.desired()) == {"out": "backup"}
     s = verdict(eng, LOCAL, True, 13)
     assert [(t.target, t.new) for t in s.transitions] == [(LOCAL, U)]
 
@@ -141,13 +143,13 @@ def test_a_link_down_at_start_holds_its_trunk_down_before_any_probe() -> None:
         (LINK, State.UNKNOWN, D),
         (LOCAL, State.UNKNOWN, D),
     ]
-    assert [d.new_path for d in all_up(eng, 1)] == ["backup"]
+    assert [str(d.new) for d in all_up(eng, 1)] == ["backup"]
     assert eng.targets[LOCAL].state is D
 
 
 def test_a_link_never_reported_does_not_hold_its_trunk() -> None:
     eng = engine([LINKED], rule=None, links=[LINK], depends={LOCAL: (LINK,)})
-    assert [d.new_path for d in all_up(eng, 0)] == ["main"]
+    assert [str(d.new) for d in all_up(eng, 0)] == ["main"]
 
 
 def test_link_maintenance_takes_its_trunks_out_and_back() -> None:
@@ -163,7 +165,7 @@ def test_link_maintenance_takes_its_trunks_out_and_back() -> None:
     s = eng.set_maintenance(LINK, False, 6)
     assert [(t.target, t.new) for t in s.transitions] == [(LINK, U), (LOCAL, U)]
     with pytest.raises(KeyError):
-        eng.set_maintenance("link:nope", True, 7)
+        eng.set_maintenance(T("link:nope"), True, 7)
 
 
 def test_trunk_maintenance_ends_down_while_its_link_is_down() -> None:
@@ -197,7 +199,7 @@ def test_a_site_rule_on_links() -> None:
 
 def test_groups_move_to_remote_paths_and_return_after_hold() -> None:
     eng = engine()
-    assert sorted(moves(Step(decisions=all_up(eng, 0)))) == [
+    assert sorted(moves(Step(all_up(eng, 0)))) == [
         ("internal", "a", "initial"),
         ("out", "local", "initial"),
     ]
@@ -210,9 +212,9 @@ def test_groups_move_to_remote_paths_and_return_after_hold() -> None:
     ]
     assert moves(s) == [("out", "remote", "evacuate")]  # internal has nowhere to go
     d = s.decisions[0]
-    assert d.old_path == "local" and d.at == d.cause_at == 100
+    assert str(d.old) == "local" and d.at == d.cause_at == 100
     assert d.reason == "site evacuating: room 33.5°C critical"
-    assert eng.desired() == {"out": "remote", "internal": "a"}
+    assert texts(eng.desired()) == {"out": "remote", "internal": "a"}
     assert not eng.observe_sensor("room", 31.0, 150).decisions  # still critical (hysteresis)
     s = eng.observe_sensor("room", 30.0, 200)  # clear from here
     assert not s.decisions and not s.site_changes
@@ -222,7 +224,7 @@ def test_groups_move_to_remote_paths_and_return_after_hold() -> None:
     assert [(c.new, c.at) for c in s.site_changes] == [(SiteState.NORMAL, 500)]
     assert moves(s) == [("out", "local", "return")]
     assert s.decisions[0].reason == "site evacuation over" and s.decisions[0].at == 500
-    assert eng.desired() == {"out": "local", "internal": "a"}
+    assert texts(eng.desired()) == {"out": "local", "internal": "a"}
     assert eng.next_wakeup() == 200 + 3600  # only the sensor's staleness is left
 
 
@@ -244,7 +246,7 @@ def test_the_return_goes_to_the_best_qualifying_path() -> None:
     verdict(eng, LOCAL, False, 20)
     eng.observe_sensor("room", 20, 30)
     s = eng.tick(90)
-    assert s.site_changes and not s.decisions and eng.desired()["out"] == "remote"
+    assert s.site_changes and not s.decisions and str(eng.desired()["out"]) == "remote"
     s = verdict(eng, LOCAL, True, 100)  # back after the evacuation: ordinary failback
     assert not s.decisions and eng.next_wakeup() == 130
     assert moves(eng.tick(130)) == [("out", "local", "failback")]
@@ -258,7 +260,7 @@ def test_no_remote_path_up_keeps_the_local_one_until_a_remote_one_qualifies() ->
     verdict(eng, REMOTE, False, 1)
     s = eng.observe_sensor("room", 33, 10)
     assert s.site_changes and not s.decisions
-    assert eng.desired()["out"] == "local" and eng.groups["out"].alarm
+    assert str(eng.desired()["out"]) == "local" and eng.groups["out"].alarm
     s = verdict(eng, REMOTE, True, 20)
     assert moves(s) == [("out", "remote", "evacuate")] and not eng.groups["out"].alarm
 
@@ -275,7 +277,7 @@ def test_while_evacuated_failover_and_failback_stay_among_remote_paths() -> None
     assert moves(eng.tick(60)) == [("out", "r1", "failback")]
     verdict(eng, REMOTE, False, 70)
     verdict(eng, REMOTE2, False, 71)  # no remote path left: keep the last one, alarm
-    assert eng.desired()["out"] == "r2" and eng.groups["out"].alarm
+    assert str(eng.desired()["out"]) == "r2" and eng.groups["out"].alarm
     assert eng.next_wakeup() == 10 + 3600  # no failback to local is pending
 
 
@@ -284,7 +286,7 @@ def test_a_stale_sensor_rule_evacuates_on_the_timer() -> None:
     eng = engine(sensors=[spec], rule=Match(sensors=("room",), is_="stale"), hold=120)
     all_up(eng, 0)
     eng.observe_sensor("room", 22, 5)
-    eng.sensor_failed("room", "ipmitool: timeout")
+    eng.sensor_failed("room", "ipmitool: timeout", 6)
     assert eng.next_wakeup() == 65
     s = eng.tick(65)
     assert [c.reason for c in s.sensor_changes] == ["no reading for 60s (ipmitool: timeout)"]
@@ -308,12 +310,12 @@ def test_a_sensor_dying_during_the_rise_does_not_end_the_evacuation() -> None:
     decided = []
     for i in range(13):  # 2 degrees a minute from 20: projected critical from t=100
         decided += eng.observe_sensor("room", 20.0 + i / 3, 10.0 * i).decisions
-    assert [(d.new_path, d.kind, d.at) for d in decided] == [("remote", "evacuate", 100)]
+    assert [(str(d.new), d.kind, d.at) for d in decided] == [("remote", "evacuate", 100)]
     s = eng.tick(180)  # the sensor dies at 24 degrees, 4 minutes from critical
     assert [c.new for c in s.sensor_changes] == ["stale"] and not s.site_changes
     assert eng.site.evacuating == "room 24 critical in 4m00s (stale)"
     assert eng.next_wakeup() is None
-    assert not eng.tick(10_000) and eng.desired()["out"] == "remote"
+    assert not eng.tick(10_000) and str(eng.desired()["out"]) == "remote"
     eng.observe_sensor("room", 22.0, 10_000)  # back, and cool: no trend left, clear
     assert eng.next_wakeup() == 10_060
     assert moves(eng.tick(10_060)) == [("out", "local", "return")]
@@ -365,7 +367,7 @@ def test_operator_forces_an_evacuation_and_cancels_it() -> None:
     eng.observe_sensor("room", 33, 20)
     with pytest.raises(ValueError, match="rule still holds"):
         eng.evacuate(False, 21)
-    assert eng.site.forced and eng.desired()["out"] == "remote"
+    assert eng.site.forced and str(eng.desired()["out"]) == "remote"
     eng.observe_sensor("room", 22, 30)
     assert eng.site.next_wakeup() is None  # forced: no return on the rule's hold
     assert not eng.tick(10_000).decisions
@@ -396,7 +398,7 @@ def test_manual_return_waits_for_the_operator() -> None:
         eng.evacuate(False, 11)
     eng.observe_sensor("room", 22, 20)
     assert eng.site.next_wakeup() is None
-    assert not eng.tick(3000).decisions and eng.desired()["out"] == "remote"
+    assert not eng.tick(3000).decisions and str(eng.desired()["out"]) == "remote"
     eng.observe_sensor("room", 22, 3001)
     s = eng.evacuate(False, 3002)
     assert moves(s) == [("out", "local", "return")] and s.decisions[0].at == 3002
@@ -411,7 +413,7 @@ def test_a_local_pin_is_dropped_by_an_evacuation_and_refused_during_it() -> None
     assert moves(s) == [("out", "r1", "evacuate")] and eng.groups["out"].pinned is None
     with pytest.raises(ValueError, match="local and the site is evacuating"):
         eng.failover("out", "local", 11)
-    assert eng.groups["out"].pinned is None and eng.desired()["out"] == "r1"
+    assert eng.groups["out"].pinned is None and str(eng.desired()["out"]) == "r1"
     s = eng.failover("out", "r2", 12)  # a remote pin is fine
     assert moves(s) == [("out", "r2", "manual")]
     s = eng.failback("out", 13)  # operator failback: the best remote path, not local
@@ -426,7 +428,7 @@ def test_a_remote_pin_outlives_the_evacuation() -> None:
     eng.observe_sensor("room", 22, 20)
     s = eng.tick(80)
     assert s.site_changes and not s.decisions  # the operator's pin stands
-    assert eng.desired()["out"] == "r2"
+    assert str(eng.desired()["out"]) == "r2"
     assert moves(eng.failback("out", 81)) == [("out", "local", "manual")]
 
 
@@ -434,7 +436,7 @@ def test_restore_resumes_an_evacuation_before_the_first_verdicts() -> None:
     eng = engine(hold=60)
     eng.site.restore(evacuating=True, forced=False, now=0)
     d = all_up(eng, 0)
-    assert sorted(moves(Step(decisions=d))) == [
+    assert sorted(moves(Step(d))) == [
         ("internal", "a", "initial"),
         ("out", "remote", "initial"),
     ]
@@ -453,7 +455,7 @@ def test_restore_of_a_forced_evacuation_waits_for_the_operator() -> None:
     eng.site.restore(evacuating=True, forced=True, now=0)
     all_up(eng, 0)
     eng.observe_sensor("room", 22, 5)
-    assert not eng.tick(1000).decisions and eng.desired()["out"] == "remote"
+    assert not eng.tick(1000).decisions and str(eng.desired()["out"]) == "remote"
     assert moves(eng.evacuate(False, 1001)) == [("out", "local", "return")]
 
 
@@ -488,8 +490,10 @@ def _remote_qualifies(eng: Engine) -> bool:
     return any(p.remote and all(eng.states().get(t) is U for t in p.requires) for p in g.spec.paths)
 
 
-def _is_remote(eng: Engine, path: str | None) -> bool:
-    return any(p.name == path and p.remote for p in eng.groups["out"].spec.paths)
+def _is_remote(eng: Engine, path: object) -> bool:
+    return any(
+        path is not None and p.name == str(path) and p.remote for p in eng.groups["out"].spec.paths
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -522,7 +526,7 @@ def test_timers_and_evacuation_invariants_under_any_inputs(
     all_up(eng, 0.0)
     eng.observe_sensor("chiller", True, 0.0)
     eng.observe_sensor("room", 22.0, 0.0)
-    assert eng.desired() == {"out": "local", "internal": "a"}
+    assert texts(eng.desired()) == {"out": "local", "internal": "a"}
     now = 0.0
 
     def check(step: Step) -> None:
@@ -530,7 +534,7 @@ def test_timers_and_evacuation_invariants_under_any_inputs(
             if d.group == "internal":
                 assert d.kind not in ("evacuate", "return")
             if d.kind == "evacuate":
-                assert _is_remote(eng, d.new_path)
+                assert _is_remote(eng, str(d.new))
         g = eng.groups["out"]
         ready = all(eng.states()[t] is not State.UNKNOWN for t in g.spec.targets)
         if eng.site.evacuating and ready and _remote_qualifies(eng):
@@ -562,7 +566,7 @@ def test_timers_and_evacuation_invariants_under_any_inputs(
             except ValueError:
                 assert eng.site.holding is not None
         elif op == "maint":
-            step = eng.set_maintenance(str(x), bool(y), now)
+            step = eng.set_maintenance(x, bool(y), now)  # type: ignore[arg-type]
         elif op == "pin":
             try:
                 step = eng.failover("out", str(x), now)

@@ -1,15 +1,16 @@
 from trunkguard.core.events import State, Verdict
 from trunkguard.core.health import HealthParams, TargetHealth, detection_bound
+from trunkguard.core.ids import parse_target as T
 
 P = HealthParams(interval=1.0, fast_interval=0.2, rise=2, fall=3)
 
 
 def v(ok: bool, at: float, hold: float | None = None) -> Verdict:
-    return Verdict("trunk:a", ok, at, "200 OK" if ok else "timeout after 500ms", hold)
+    return Verdict(T("trunk:a"), ok, at, "200 OK" if ok else "timeout after 500ms", hold)
 
 
 def test_first_verdict_needs_rise_or_fall() -> None:
-    th = TargetHealth("trunk:a", P)
+    th = TargetHealth(T("trunk:a"), P)
     assert th.pending and th.next_delay() == 0.2
     assert th.observe(v(True, 1)) is None
     t = th.observe(v(True, 2))
@@ -19,7 +20,7 @@ def test_first_verdict_needs_rise_or_fall() -> None:
 
 
 def test_fall_hysteresis_and_fast_interval_while_pending() -> None:
-    th = TargetHealth("trunk:a", P)
+    th = TargetHealth(T("trunk:a"), P)
     th.observe(v(True, 0))
     th.observe(v(True, 1))
     assert th.observe(v(False, 2)) is None
@@ -33,10 +34,10 @@ def test_fall_hysteresis_and_fast_interval_while_pending() -> None:
 
 
 def test_retry_after_holds_down_and_ignores_early_successes() -> None:
-    th = TargetHealth("trunk:a", P)
+    th = TargetHealth(T("trunk:a"), P)
     th.observe(v(True, 0))
     th.observe(v(True, 1))
-    t = th.observe(Verdict("trunk:a", False, 2, "503 Service Unavailable", hold_until=32))
+    t = th.observe(Verdict(T("trunk:a"), False, 2, "503 Service Unavailable", hold_until=32))
     assert t and t.new is State.DOWN and "hold-down" in t.reason
     assert th.not_before() == 32
     assert th.observe(v(True, 10)) is None and th.observe(v(True, 11)) is None

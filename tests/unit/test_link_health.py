@@ -6,20 +6,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trunkguard.core.events import State, Transition
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.link import LinkHealth, LinkParams
 
 U, D, M = State.UP, State.DOWN, State.MAINTENANCE
 
 
 def link(up_hold: float = 5.0, down_hold: float = 0.0) -> LinkHealth:
-    return LinkHealth("link:uplink", LinkParams(up_hold, down_hold))
+    return LinkHealth(T("link:uplink"), LinkParams(up_hold, down_hold))
 
 
 def test_first_report_is_taken_as_it_is() -> None:
     lh = link()
     assert lh.state is State.UNKNOWN and lh.due() is None
     t = lh.observe(False, "no carrier", 3.0)
-    assert t == Transition("link:uplink", State.UNKNOWN, D, 3.0, "no carrier")
+    assert t == Transition(T("link:uplink"), State.UNKNOWN, D, 3.0, "no carrier")
     lh = link()
     t = lh.observe(True, "carrier, gateway reachable", 3.0)
     assert t and t.new is U and t.at == 3.0  # no up_hold for the start-up dump

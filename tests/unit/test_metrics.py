@@ -13,6 +13,7 @@ from prometheus_client.samples import Sample
 
 from tests.lib.procs import free_port
 from trunkguard import __version__
+from trunkguard.core.ids import Paths
 from trunkguard.obs.metrics import Metrics
 
 
@@ -112,7 +113,7 @@ def scrape_registry(m: Metrics) -> dict[str, list[Sample]]:
 
 def test_set_active_path_marks_one_path_and_the_no_path_alarm() -> None:
     m = Metrics()
-    m.set_active_path("pstn", ["carrierA", "carrierB", "site2"], "carrierB")
+    m.set_active_path("pstn", ["carrierA", "carrierB", "site2"], Paths(("carrierB",)))
     s = scrape_registry(m)
     active = {x.labels["path"]: x.value for x in s["trunkguard_route_active_path"]}
     assert active == {"carrierA": 0, "carrierB": 1, "site2": 0}
@@ -125,7 +126,8 @@ def test_set_active_path_marks_one_path_and_the_no_path_alarm() -> None:
     assert {x.value for x in s["trunkguard_route_active_path"]} == {0}
     assert value(s, "trunkguard_route_no_path", group="pstn") == 1
 
-    m.set_active_path("pstn", ["carrierA", "site2"], "carrierA")  # carrierB removed on reload
+    # carrierB removed on reload
+    m.set_active_path("pstn", ["carrierA", "site2"], Paths(("carrierA",)))
     s = scrape_registry(m)
     active = {x.labels["path"]: x.value for x in s["trunkguard_route_active_path"]}
     assert active == {"carrierA": 1, "site2": 0}

@@ -4,12 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trunkguard.core.engine import Engine
+from tests.lib.core import StepEngine as Engine
 from trunkguard.core.events import State, Verdict
 from trunkguard.core.health import HealthParams
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.policy import GroupPolicy, GroupSpec, PathSpec
 
-A, B = "trunk:a", "trunk:b"
+A, B = T("trunk:a"), T("trunk:b")
 SPEC = GroupSpec("out", (PathSpec("pa", (A,)), PathSpec("pb", (B,))), "auto", 30.0)
 U, D = State.UP, State.DOWN
 
@@ -19,20 +20,20 @@ def test_no_decision_until_every_target_has_a_verdict() -> None:
     assert g.evaluate({A: U, B: State.UNKNOWN}, 1) is None
     assert not g.ready
     d = g.evaluate({A: U, B: D}, 2)
-    assert d and d.kind == "initial" and d.new_path == "pa" and g.ready
+    assert d and d.kind == "initial" and str(d.new) == "pa" and g.ready
 
 
 def test_failover_then_auto_failback_after_hold() -> None:
     g = GroupPolicy(SPEC)
     g.evaluate({A: U, B: U}, 0)
     d = g.evaluate({A: D, B: U}, 10, cause_at=9.5)
-    assert d and d.kind == "failover" and d.new_path == "pb" and d.cause_at == 9.5
+    assert d and d.kind == "failover" and str(d.new) == "pb" and d.cause_at == 9.5
     assert "trunk:a down" in d.reason
     assert g.evaluate({A: U, B: U}, 20) is None
     assert g.next_wakeup() == 50
     assert g.evaluate({A: U, B: U}, 49.9) is None
     d = g.evaluate({A: U, B: U}, 50)
-    assert d and d.kind == "failback" and d.new_path == "pa"
+    assert d and d.kind == "failback" and str(d.new) == "pa"
     assert g.next_wakeup() is None
 
 
@@ -44,36 +45,36 @@ def test_flapping_primary_restarts_hold() -> None:
     g.evaluate({A: D, B: U}, 20)
     g.evaluate({A: U, B: U}, 25)
     assert g.next_wakeup() == 55
-    assert g.evaluate({A: U, B: U}, 40) is None and g.active == "pb"
+    assert g.evaluate({A: U, B: U}, 40) is None and str(g.active) == "pb"
 
 
 def test_manual_failback_waits_for_operator() -> None:
     g = GroupPolicy(GroupSpec("out", SPEC.paths, "manual", 30.0))
     g.evaluate({A: U, B: U}, 0)
     g.evaluate({A: D, B: U}, 1)
-    assert g.evaluate({A: U, B: U}, 1000) is None and g.active == "pb"
+    assert g.evaluate({A: U, B: U}, 1000) is None and str(g.active) == "pb"
     assert g.next_wakeup() is None
     d = g.release({A: U, B: U}, 1001)
-    assert d and d.kind == "manual" and d.new_path == "pa"
+    assert d and d.kind == "manual" and str(d.new) == "pa"
 
 
 def test_no_path_keeps_last_and_alarms() -> None:
     g = GroupPolicy(SPEC)
     g.evaluate({A: U, B: U}, 0)
     assert g.evaluate({A: D, B: D}, 1) is None
-    assert g.active == "pa" and g.alarm
+    assert str(g.active) == "pa" and g.alarm
     d = g.evaluate({A: D, B: U}, 2)
-    assert d and d.new_path == "pb" and not g.alarm
+    assert d and str(d.new) == "pb" and not g.alarm
 
 
 def test_pin_holds_while_path_qualifies_then_drops() -> None:
     g = GroupPolicy(SPEC)
     g.evaluate({A: U, B: U}, 0)
     d = g.pin("pb", {A: U, B: U}, 1)
-    assert d and d.kind == "manual" and d.new_path == "pb"
-    assert g.evaluate({A: U, B: U}, 100) is None and g.active == "pb"
+    assert d and d.kind == "manual" and str(d.new) == "pb"
+    assert g.evaluate({A: U, B: U}, 100) is None and str(g.active) == "pb"
     d = g.evaluate({A: U, B: D}, 101)
-    assert d and d.new_path == "pa" and g.pinned is None and "pinned path pb" in d.reason
+    assert d and str(d.new) == "pa" and g.pinned is None and "pinned path pb" in d.reason
     with pytest.raises(ValueError, match="no path"):
         g.pin("nope", {A: U, B: U}, 102)
     with pytest.raises(ValueError, match="does not qualify"):
@@ -84,7 +85,7 @@ def test_path_without_requirements_is_last_resort() -> None:
     spec = GroupSpec("out", (PathSpec("pa", (A,)), PathSpec("remote", (), remote=True)), "auto", 5)
     g = GroupPolicy(spec)
     g.evaluate({A: D}, 0)
-    assert g.active == "remote"
+    assert str(g.active) == "remote"
 
 
 PARAMS = HealthParams(interval=1.0, fast_interval=0.2, rise=2, fall=3)
@@ -129,6 +130,6 @@ def test_switches_never_outpace_rise_fall_and_hold(
     # path changes never exceed transitions (+1 initial, +failbacks which follow an up).
     assert len(decisions) <= transitions + 1
     for prev, nxt in itertools.pairwise(decisions):
-        assert prev.new_path != nxt.new_path
+        assert str(prev.new) != str(nxt.new)
         if nxt.kind == "failback":
             assert nxt.at - prev.at >= 0

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trunkguard.core.events import State
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.sensor import Level, SensorHealth, SensorSpec
 from trunkguard.core.site import (
     AllOf,
@@ -118,15 +119,15 @@ def test_a_projection_that_held_does_not_clear_when_the_sensor_goes_quiet() -> N
 
 
 def test_target_match() -> None:
-    rule = Match(targets=("link:a", "link:b"), is_="down", at_least=None)
-    states = {"link:a": State.DOWN, "link:b": State.UP}
+    rule = Match(targets=(T("link:a"), T("link:b")), is_="down", at_least=None)
+    states = {T("link:a"): State.DOWN, T("link:b"): State.UP}
     assert evaluate(rule, {}, states, 0) is None
-    states["link:b"] = State.DOWN
+    states[T("link:b")] = State.DOWN
     assert evaluate(rule, {}, states, 0) == "2 of 2: link:a down, link:b down"
-    states["link:b"] = State.MAINTENANCE
+    states[T("link:b")] = State.MAINTENANCE
     assert evaluate(rule, {}, states, 0) is None  # maintenance is not down
-    rule = Match(targets=("trunk:backup",), is_="up")
-    assert evaluate(rule, {}, {"trunk:backup": State.UP}, 0) == "trunk:backup up"
+    rule = Match(targets=(T("trunk:backup"),), is_="up")
+    assert evaluate(rule, {}, {T("trunk:backup"): State.UP}, 0) == "trunk:backup up"
     assert evaluate(rule, {}, {}, 0) is None
 
 

@@ -2,9 +2,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trunkguard.core.engine import Engine
+from tests.lib.core import StepEngine as Engine
 from trunkguard.core.events import State, Verdict
 from trunkguard.core.health import HealthParams
+from trunkguard.core.ids import parse_target as T
 from trunkguard.core.policy import GroupSpec, PathSpec
 from trunkguard.core.trunk import Quorum, TrunkHealth
 
@@ -13,13 +14,13 @@ X, Y = "192.0.2.1:5060", "[2001:db8::1]:5060"
 
 
 def trunk(q: str | int) -> TrunkHealth:
-    th = TrunkHealth("trunk:c", P, Quorum.parse(q))
+    th = TrunkHealth(T("trunk:c"), P, Quorum.parse(q))
     th.set_dests([X, Y], 0)
     return th
 
 
 def feed(th: TrunkHealth, key: str, ok: bool, at: float):  # type: ignore[no-untyped-def]
-    return th.observe(key, Verdict("trunk:c", ok, at, "200 OK" if ok else "timeout after 500ms"))
+    return th.observe(key, Verdict(T("trunk:c"), ok, at, "200 OK" if ok else "timeout after 500ms"))
 
 
 def test_any_stays_up_when_one_of_two_dies() -> None:
@@ -28,7 +29,7 @@ def test_any_stays_up_when_one_of_two_dies() -> None:
     assert t and t.new is State.UP and "1 of 2 destinations up (healthy_when any)" in t.reason
     feed(th, Y, True, 2)
     dt, t = feed(th, Y, False, 3)
-    assert dt and dt.new is State.DOWN and dt.target == f"trunk:c/{Y}"
+    assert dt and dt.new is State.DOWN and str(dt.target) == f"trunk:c/{Y}"
     assert t is None and th.state is State.UP
     _, t = feed(th, X, False, 4)
     assert t and t.new is State.DOWN and f"{X}: 1 consecutive failures" in t.reason
@@ -72,16 +73,18 @@ def test_quorum_parse() -> None:
 
 
 def test_engine_reports_destination_changes_but_routes_on_the_trunk() -> None:
-    spec = GroupSpec("out", (PathSpec("c", ("trunk:c",)), PathSpec("d", ("trunk:d",))), "auto", 5)
-    eng = Engine({"trunk:c": P, "trunk:d": P}, [spec], {"trunk:c": Quorum.parse("any")})
-    eng.set_dests("trunk:c", [X, Y], 0)
-    eng.observe(Verdict("trunk:d", True, 0, "ok"))
-    step = eng.observe(Verdict("trunk:c", True, 1, "ok"), X)
-    assert [d.new_path for d in step.decisions] == ["c"]
-    eng.observe(Verdict("trunk:c", True, 1, "ok"), Y)
-    step = eng.observe(Verdict("trunk:c", False, 2, "timeout"), Y)
+    spec = GroupSpec(
+        "out", (PathSpec("c", (T("trunk:c"),)), PathSpec("d", (T("trunk:d"),))), "auto", 5
+    )
+    eng = Engine({T("trunk:c"): P, T("trunk:d"): P}, [spec], {T("trunk:c"): Quorum.parse("any")})
+    eng.set_dests(T("trunk:c"), [X, Y], 0)
+    eng.observe(Verdict(T("trunk:d"), True, 0, "ok"))
+    step = eng.observe(Verdict(T("trunk:c"), True, 1, "ok"), X)
+    assert [str(d.new) for d in step.decisions] == ["c"]
+    eng.observe(Verdict(T("trunk:c"), True, 1, "ok"), Y)
+    step = eng.observe(Verdict(T("trunk:c"), False, 2, "timeout"), Y)
     assert not step.transitions and not step.decisions
-    assert [t.target for t in step.dest_transitions] == [f"trunk:c/{Y}"]
+    assert [str(t.target) for t in step.dest_transitions] == [f"trunk:c/{Y}"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -94,7 +97,7 @@ def test_decided_state_always_agrees_with_the_quorum(
     q: str | int, n: int, seq: list[tuple[int, bool]]
 ) -> None:
     keys = [f"192.0.2.{i}:5060" for i in range(n)]
-    th = TrunkHealth("trunk:c", P, Quorum.parse(q))
+    th = TrunkHealth(T("trunk:c"), P, Quorum.parse(q))
     th.set_dests(keys, 0)
     for at, (i, ok) in enumerate(seq, 1):
         if i < n:

@@ -1,6 +1,6 @@
 """The actuator contract: level-triggered outputs driven by a desired state.
 
-The desired state is a mapping of route group -> active path name. Groups the
+The desired state is a mapping of route group -> active path(s) (Desired). Groups the
 core has not decided yet are absent; an actuator ignores groups and paths it has
 no actions for.
 """
@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
+
+from trunkguard.core.ids import Paths
+
+Desired = Mapping[str, Paths]  # route group -> its active path(s)
 
 
 class ActuatorError(Exception):
@@ -42,14 +46,14 @@ class Actuator(Protocol):
     name: str
     kind: str
 
-    async def apply(self, desired: Mapping[str, str]) -> bool | None:
+    async def apply(self, desired: Desired) -> bool | None:
         """Converge the real system to `desired`. Idempotent; raises ActuatorError.
 
         Returns False when it found nothing to change, True when it wrote, None when
         it cannot tell."""
         ...
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Desired) -> bool:
         """Read the real system back: True when it matches `desired`."""
         ...
 

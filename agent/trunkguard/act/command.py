@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from trunkguard.act.base import ActuatorError
+from trunkguard.act.base import ActuatorError, Desired
 from trunkguard.procs import BASE_ENV, ProgramError, run_program
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,16 @@ class CommandActuator:
         self._applied: dict[str, str] = {}  # group -> last path known in place
         self._stale: set[str] = set()  # groups whose state is in doubt
 
-    def _todo(self, desired: Mapping[str, str]) -> list[tuple[str, str, CommandSpec]]:
+    def _todo(self, desired: Desired) -> list[tuple[str, str, CommandSpec]]:
         out = []
-        for group, path in desired.items():
+        for group, paths in desired.items():
+            path = paths[0]  # command groups are failover groups: one active path
             spec = self._commands.get((group, path))
             if spec is not None:
                 out.append((group, path, spec))
         return out
 
-    async def apply(self, desired: Mapping[str, str]) -> bool:
+    async def apply(self, desired: Desired) -> bool:
         failures: list[ActuatorError] = []
         failed: set[str] = set()
         ran = False
@@ -80,7 +81,7 @@ class CommandActuator:
             raise ActuatorError(failures[0].reason, f"{self.name}: {detail}", frozenset(failed))
         return ran
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Desired) -> bool:
         ok = True
         for group, path, spec in self._todo(desired):
             if spec.verify is None:

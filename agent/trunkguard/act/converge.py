@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from trunkguard.act.base import Actuator, ActuatorError
+from trunkguard.act.base import Actuator, ActuatorError, Desired
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ApplyReport:
     """One convergence attempt. `changed` is True when apply() was called."""
 
     actuator: str
-    desired: Mapping[str, str]
+    desired: Desired
     ok: bool
     changed: bool
     trigger: str  # "desired" | "drift" | "retry"
@@ -34,10 +34,6 @@ class ApplyReport:
     error_reason: str | None = None
     error: str | None = None
     failed_groups: frozenset[str] = frozenset()  # on failure: which groups; empty = all
-
-    @property
-    def duration(self) -> float:
-        return self.finished_at - self.started_at
 
 
 class Converger:
@@ -59,17 +55,16 @@ class Converger:
         self._backoff_max = backoff_max
         self._clock = clock
         self._on_report = on_report
-        self._desired: Mapping[str, str] | None = None
+        self._desired: Desired | None = None
         self._wake = asyncio.Event()
         self._converged = False
-        self._last_report: ApplyReport | None = None
 
     @property
     def actuator(self) -> Actuator:
         return self._actuator
 
     @property
-    def desired(self) -> Mapping[str, str] | None:
+    def desired(self) -> Desired | None:
         """The latest desired state (read-only), None before the first decision."""
         return self._desired
 
@@ -78,11 +73,7 @@ class Converger:
         """True when the latest desired state was verified in place."""
         return self._converged
 
-    @property
-    def last_report(self) -> ApplyReport | None:
-        return self._last_report
-
-    def set_desired(self, desired: Mapping[str, str]) -> None:
+    def set_desired(self, desired: Desired) -> None:
         """Hand over a new desired state. Call from the event loop; never blocks.
 
         An identical state is ignored (the core may repeat itself every tick); a
@@ -132,7 +123,7 @@ class Converger:
             return False
         return True
 
-    async def _cycle(self, desired: Mapping[str, str], trigger: str, attempt: int) -> bool:
+    async def _cycle(self, desired: Desired, trigger: str, attempt: int) -> bool:
         act = self._actuator
         started = self._clock()
         changed = False
@@ -169,7 +160,7 @@ class Converger:
         self._report(desired, True, True, trigger, started, attempt)
         return True
 
-    async def _in_place(self, desired: Mapping[str, str]) -> bool:
+    async def _in_place(self, desired: Desired) -> bool:
         try:
             return await self._actuator.verify(desired)
         except Exception as e:
@@ -179,7 +170,7 @@ class Converger:
 
     def _report(
         self,
-        desired: Mapping[str, str],
+        desired: Desired,
         ok: bool,
         changed: bool,
         trigger: str,
@@ -202,7 +193,6 @@ class Converger:
             error=error,
             failed_groups=failed_groups,
         )
-        self._last_report = report
         if ok:
             log.info("%s: %s applied=%s (%s)", report.actuator, dict(desired), changed, trigger)
         else:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from trunkguard.act.base import ActuatorError
+from trunkguard.act.base import ActuatorError, Desired
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class KamailioActuator:
 
     # -- the contract -------------------------------------------------------------
 
-    async def apply(self, desired: Mapping[str, str]) -> bool:
+    async def apply(self, desired: Desired) -> bool:
         todo = self._todo(desired)
         if not todo:
             return False
@@ -250,7 +250,7 @@ class KamailioActuator:
             raise ActuatorError("kamailio", detail, frozenset(failed))
         return wrote
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Desired) -> bool:
         todo = self._todo(desired)
         if not todo:
             return True
@@ -266,10 +266,10 @@ class KamailioActuator:
 
     # -- planning -----------------------------------------------------------------
 
-    def _todo(self, desired: Mapping[str, str]) -> list[tuple[str, DispatcherChoice]]:
+    def _todo(self, desired: Desired) -> list[tuple[str, DispatcherChoice]]:
         out = []
-        for group, path in sorted(desired.items()):
-            choice = self._choices.get((group, path))
+        for group, paths in sorted(desired.items()):
+            choice = self._choices.get((group, paths[0]))  # failover groups: one path
             if choice is not None:
                 out.append((group, choice))
         return out

@@ -5,8 +5,8 @@ Routes are installed with an atomic RTM_NEWROUTE replace (NLM_F_CREATE |
 NLM_F_REPLACE), never delete-then-add, so no packet ever meets a missing route.
 A route is identified the way the kernel does it: (prefix, table, metric).
 
-A group's desired value may join several path names with "+" in preference order
-("a+b"): the routes of the listed paths that share a key become one weighted
+A group's desired value may list several paths in preference order (a multipath
+group): the routes of the listed paths that share a key become one weighted
 multipath route. Rules cannot be replaced in place, so a switch adds the new
 rules before it deletes the old ones: traffic is never without a rule. A rule is
 identified by (family, priority, table, src, dst, fwmark, iif); a rule that is no
@@ -31,7 +31,8 @@ from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netns import create_socket
 
-from trunkguard.act.base import ActuatorError
+from trunkguard.act.base import ActuatorError, Desired
+from trunkguard.core.ids import Paths
 
 log = logging.getLogger(__name__)
 
@@ -462,11 +463,11 @@ class NetlinkActuator:
                     )
                 self._managed.setdefault(group, set()).add(rkey)
 
-    def _paths(self, group: str, value: str) -> list[str]:
+    def _paths(self, group: str, value: Paths) -> list[str]:
         """The governed paths of a desired value, in preference order."""
-        return [p for p in dict.fromkeys(value.split("+")) if (group, p) in self._known]
+        return [p for p in value if (group, p) in self._known]
 
-    def _wanted_routes(self, desired: Mapping[str, str]) -> list[_Route]:
+    def _wanted_routes(self, desired: Desired) -> list[_Route]:
         wanted: list[_Route] = []
         for group, value in desired.items():
             by_key: dict[RouteKey, list[RouteSpec]] = {}
@@ -476,7 +477,7 @@ class NetlinkActuator:
             wanted += [_Route(group, key, _merge(specs)) for key, specs in by_key.items()]
         return wanted
 
-    def _wanted_rules(self, desired: Mapping[str, str]) -> tuple[RuleGroups, RuleGroups]:
+    def _wanted_rules(self, desired: Desired) -> tuple[RuleGroups, RuleGroups]:
         """(wanted, unwanted): rule -> group, for the groups in `desired` that have rules."""
         wanted: RuleGroups = {}
         unwanted: RuleGroups = {}
@@ -489,7 +490,7 @@ class NetlinkActuator:
             unwanted.update(dict.fromkeys(self._managed[group] - want, group))
         return wanted, unwanted
 
-    async def apply(self, desired: Mapping[str, str]) -> bool:
+    async def apply(self, desired: Desired) -> bool:
         routes = self._wanted_routes(desired)
         wanted, unwanted = self._wanted_rules(desired)
         if not routes and not wanted and not unwanted:
@@ -580,7 +581,7 @@ class NetlinkActuator:
             rules.remove(first)
         return added or deleted
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Desired) -> bool:
         routes = self._wanted_routes(desired)
         wanted, unwanted = self._wanted_rules(desired)
         if not routes and not wanted and not unwanted:

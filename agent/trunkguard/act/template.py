@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from trunkguard.act.base import ActuatorError
+from trunkguard.act.base import ActuatorError, Desired
 from trunkguard.procs import BASE_ENV, ProgramError, run_program
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class TemplateActuator:
         self,
         name: str,
         spec: TemplateSpec,
-        context: Callable[[Mapping[str, str]], Mapping[str, Any]],
+        context: Callable[[Desired], Mapping[str, Any]],
         *,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -102,7 +102,7 @@ class TemplateActuator:
         # leaves a file that matches but was never loaded).
         self._pending = False
 
-    async def apply(self, desired: Mapping[str, str]) -> bool:
+    async def apply(self, desired: Desired) -> bool:
         want, have = await self._render_and_read(desired)
         if have == want and not self._pending:
             return False
@@ -113,7 +113,7 @@ class TemplateActuator:
             await self._reload_or_restore(self._spec.reload)
         return True
 
-    async def verify(self, desired: Mapping[str, str]) -> bool:
+    async def verify(self, desired: Desired) -> bool:
         if self._pending:
             return False
         want, have = await self._render_and_read(desired)
@@ -124,7 +124,7 @@ class TemplateActuator:
 
     # -- rendering ---------------------------------------------------------------
 
-    async def _render_and_read(self, desired: Mapping[str, str]) -> tuple[bytes, bytes | None]:
+    async def _render_and_read(self, desired: Desired) -> tuple[bytes, bytes | None]:
         variables = dict(self._context(desired))  # daemon state: built on the loop
         return await asyncio.to_thread(self._render_and_read_sync, variables)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trunkguard.core.events import ProbeOutcome, Verdict
+from trunkguard.core.events import Outcome, ProbeOutcome, Verdict
+from trunkguard.core.ids import TargetId
 
 _FAILURE_TEXT = {
-    "refused": "ICMP port unreachable",
-    "unreachable": "host unreachable",
-    "timeout": "timeout",
+    Outcome.REFUSED: "ICMP port unreachable",
+    Outcome.UNREACHABLE: "host unreachable",
+    Outcome.TIMEOUT: "timeout",
 }
 
 
@@ -53,23 +54,23 @@ class OkCodes:
 
 def describe(outcome: ProbeOutcome) -> str:
     """A short human reason for an outcome, e.g. "503 Service Unavailable"."""
-    if outcome.reason == "response":
+    if outcome.reason == Outcome.RESPONSE:
         return f"{outcome.code} {outcome.phrase}".strip()
-    if outcome.reason in ("send_error", "dns"):
-        prefix = "send failed" if outcome.reason == "send_error" else "dns"
+    if outcome.reason in (Outcome.SEND_ERROR, Outcome.DNS):
+        prefix = "send failed" if outcome.reason == Outcome.SEND_ERROR else "dns"
         return f"{prefix}: {outcome.detail}" if outcome.detail else prefix
-    if outcome.reason == "timeout":
+    if outcome.reason == Outcome.TIMEOUT:
         return f"timeout {outcome.detail}" if outcome.detail else "timeout"
     return outcome.detail or _FAILURE_TEXT.get(outcome.reason, outcome.reason)
 
 
 def classify(
-    outcome: ProbeOutcome, *, target: str, ok_codes: OkCodes, retry_after_cap: float
+    outcome: ProbeOutcome, *, target: TargetId, ok_codes: OkCodes, retry_after_cap: float
 ) -> Verdict:
-    ok = outcome.reason == "response" and outcome.code in ok_codes
+    ok = outcome.reason == Outcome.RESPONSE and outcome.code in ok_codes
     hold_until = None
     if (
-        outcome.reason == "response"
+        outcome.reason == Outcome.RESPONSE
         and outcome.code == 503
         and not ok
         and outcome.retry_after is not None

@@ -1,14 +1,16 @@
-"""Typed observations and decisions that cross the core boundary.
+"""The core's vocabulary: observations in, one typed Event stream out.
 
-Inputs (probers, watchers) produce observations; the core turns them into
-transitions and routing decisions. Times are monotonic seconds (time.monotonic),
-passed in by the shell: the core never reads a clock.
+Inputs (probers, watchers) produce observations; the core turns them into events
+(transitions, decisions, sensor and site changes). Times are monotonic seconds
+passed in by the shell: the core never reads a clock. Sinks subscribe by type.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from trunkguard.core.ids import Paths, TargetId
 
 
 class State(StrEnum):
@@ -18,21 +20,49 @@ class State(StrEnum):
     MAINTENANCE = "maintenance"
 
 
+class Outcome(StrEnum):
+    """What one probe saw on the wire."""
+
+    RESPONSE = "response"  # a final response matched the probe (code/phrase set)
+    TIMEOUT = "timeout"  # no final response before the per-probe deadline
+    REFUSED = "refused"  # ICMP port unreachable (IP_RECVERR) or connection refused
+    UNREACHABLE = "unreachable"  # ICMP host/net unreachable, no route
+    SEND_ERROR = "send_error"  # the local stack refused to send (ENOBUFS, EPERM, ...)
+    DNS = "dns"  # the target name did not resolve
+    RESET = "reset"  # a stream connection was reset or closed under the probe
+    TLS = "tls"  # TLS handshake or certificate verification failed
+
+
+class DecisionKind(StrEnum):
+    INITIAL = "initial"
+    FAILOVER = "failover"
+    FAILBACK = "failback"
+    MANUAL = "manual"
+    EVACUATE = "evacuate"
+    RETURN = "return"
+
+
+class Level(StrEnum):
+    """A sensor's level."""
+
+    UNKNOWN = "unknown"
+    OK = "ok"
+    WARN = "warn"
+    CRITICAL = "critical"
+    STALE = "stale"
+
+
+class SiteState(StrEnum):
+    NORMAL = "normal"
+    EVACUATING = "evacuating"
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeOutcome:
-    """What one SIP OPTIONS probe saw on the wire, before any policy.
-
-    reason is one of:
-      "response"     a final response matched the probe (code/phrase set)
-      "timeout"      no final response before the per-probe deadline
-      "refused"      ICMP port unreachable (IP_RECVERR) or connection refused
-      "unreachable"  ICMP host/net unreachable, no route
-      "send_error"   the local stack refused to send (ENOBUFS, EPERM, ...)
-      "dns"          the target name did not resolve
-    """
+    """What one SIP OPTIONS probe saw on the wire, before any policy."""
 
     at: float
-    reason: str
+    reason: Outcome
     code: int | None = None
     phrase: str = ""
     rtt: float | None = None
@@ -44,18 +74,33 @@ class ProbeOutcome:
 class Verdict:
     """One observation classified as alive or not, ready for a health FSM."""
 
-    target: str
+    target: TargetId
     ok: bool
     at: float
     reason: str
     hold_until: float | None = None
 
 
+# ---- events: what the core says happened ------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """A target changed state."""
 
-    target: str
+    target: TargetId
+    old: State
+    new: State
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DestTransition:
+    """One resolved destination of a multi-destination trunk changed state; reported,
+    never routed on (the trunk's own Transition follows when its quorum changes)."""
+
+    target: TargetId  # with dest set
     old: State
     new: State
     at: float
@@ -67,9 +112,51 @@ class Decision:
     """A route group changed (or first chose) its active path."""
 
     group: str
-    old_path: str | None
-    new_path: str
+    old: Paths | None
+    new: Paths
     at: float
-    kind: str  # "initial" | "failover" | "failback" | "manual" | "evacuate" | "return"
+    kind: DecisionKind
     reason: str
     cause_at: float  # when the evidence that caused it was observed
+
+
+@dataclass(frozen=True, slots=True)
+class SensorChange:
+    sensor: str
+    old: Level
+    new: Level
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReading:
+    """A sensor was read (every reading: trends and values move without a change)."""
+
+    sensor: str
+    value: float | bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SensorFault:
+    """A sensor could not be read; staleness decides when that becomes a level."""
+
+    sensor: str
+    error: str
+    at: float
+    changed: bool  # a different error from the last one (report once per change)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteChange:
+    old: SiteState
+    new: SiteState
+    at: float
+    reason: str
+    forced: bool
+
+
+Event = (
+    Transition | DestTransition | Decision | SensorChange | SensorReading | SensorFault | SiteChange
+)

@@ -19,10 +19,11 @@ Rules (HAProxy-like, which operators already know):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from trunkguard.core.events import State, Transition, Verdict
+from trunkguard.core.ids import TargetId
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class HealthParams:
 
 
 class Stateful(Protocol):
-    name: str
+    name: TargetId
     state: State
     since: float
     reason: str
@@ -67,7 +68,7 @@ def set_maintenance(
 
 @dataclass(slots=True)
 class TargetHealth:
-    name: str
+    name: TargetId
     params: HealthParams
     state: State = State.UNKNOWN
     since: float = 0.0
@@ -75,7 +76,6 @@ class TargetHealth:
     ok_streak: int = 0
     fail_streak: int = 0
     hold_until: float | None = None
-    last_verdict: Verdict | None = field(default=None, repr=False)
 
     @property
     def pending(self) -> bool:
@@ -94,7 +94,6 @@ class TargetHealth:
         return self.hold_until
 
     def observe(self, v: Verdict) -> Transition | None:
-        self.last_verdict = v
         if v.hold_until is not None and not v.ok:
             self.hold_until = max(self.hold_until or 0.0, v.hold_until)
             self.ok_streak = 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from trunkguard.core.events import State, Transition
 from trunkguard.core.health import move, set_maintenance
+from trunkguard.core.ids import TargetId
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class LinkParams:
 
 @dataclass(slots=True)
 class LinkHealth:
-    name: str
+    name: TargetId
     params: LinkParams
     state: State = State.UNKNOWN
     since: float = 0.0

@@ -18,7 +18,7 @@ Rules:
 - An operator may pin a path (`failover GROUP PATH`); the pin holds while that
   path qualifies and is dropped, with a reason, when it stops qualifying.
 - In `multipath` mode every qualifying path is active at once (the desired value
-  joins their names with "+", in preference order) so traffic is spread across the
+  lists their names in preference order) so traffic is spread across the
   healthy carriers: a path leaves at once when it stops qualifying and joins after
   `hold` (auto) or on the operator's failback (manual). If none of the active ones is
   left, whatever qualifies takes over at once.
@@ -31,14 +31,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from trunkguard.core.events import Decision, State
+from trunkguard.core.events import Decision, DecisionKind, State
+from trunkguard.core.ids import Paths, TargetId
+
+States = Mapping[TargetId, State]
+
+
+class Failback(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class GroupMode(StrEnum):
+    FAILOVER = "failover"
+    MULTIPATH = "multipath"
 
 
 @dataclass(frozen=True, slots=True)
 class PathSpec:
     name: str
-    requires: tuple[str, ...] = ()
+    requires: tuple[TargetId, ...] = ()
     remote: bool = False
 
 
@@ -46,19 +60,24 @@ class PathSpec:
 class GroupSpec:
     name: str
     paths: tuple[PathSpec, ...]
-    failback: str = "auto"  # "auto" | "manual"
+    failback: Failback = Failback.AUTO
     hold: float = 30.0
-    mode: str = "failover"  # "failover" | "multipath"
+    mode: GroupMode = GroupMode.FAILOVER
+
+    def __post_init__(self) -> None:
+        # Accept the words as well as the enums (config and tests say "auto").
+        object.__setattr__(self, "failback", Failback(self.failback))
+        object.__setattr__(self, "mode", GroupMode(self.mode))
 
     @property
-    def targets(self) -> frozenset[str]:
+    def targets(self) -> frozenset[TargetId]:
         return frozenset(t for p in self.paths for t in p.requires)
 
 
 @dataclass(slots=True)
 class GroupPolicy:
     spec: GroupSpec
-    active: str | None = None
+    active: Paths | None = None
     alarm: bool = False
     pinned: str | None = None
     ready: bool = False  # every target has a verdict: the active path may be enforced
@@ -66,7 +85,7 @@ class GroupPolicy:
     waiting: bool = True  # the last evaluation lacked a verdict: no timer is meaningful
     qualified_since: dict[str, float] = field(default_factory=dict)
 
-    def _qualifies(self, path: PathSpec, states: Mapping[str, State]) -> bool:
+    def _qualifies(self, path: PathSpec, states: States) -> bool:
         return all(states.get(t) is State.UP for t in path.requires)
 
     def _index(self, name: str | None) -> int:
@@ -75,7 +94,7 @@ class GroupPolicy:
                 return i
         return len(self.spec.paths)
 
-    def _track(self, states: Mapping[str, State], now: float, cause_at: float) -> list[PathSpec]:
+    def _track(self, states: States, now: float, cause_at: float) -> list[PathSpec]:
         """Update per-path 'qualifying since' and return the qualifying paths in order."""
         ok: list[PathSpec] = []
         for p in self.spec.paths:
@@ -88,7 +107,7 @@ class GroupPolicy:
 
     def evaluate(
         self,
-        states: Mapping[str, State],
+        states: States,
         now: float,
         cause_at: float | None = None,
         evacuate: str | None = None,
@@ -114,32 +133,40 @@ class GroupPolicy:
 
         if self.pinned is not None:
             if self.pinned in names:
-                return self._switch(self.pinned, now, cause, "manual", "pinned by operator")
+                return self._switch(
+                    self.pinned, now, cause, DecisionKind.MANUAL, "pinned by operator"
+                )
             dropped, self.pinned = self.pinned, None
             if evac:
-                return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
+                return self._switch(
+                    best, now, cause, DecisionKind.EVACUATE, f"site evacuating: {evacuate}"
+                )
             reason = f"pinned path {dropped} stopped qualifying"
-            return self._switch(best, now, cause, "failover", reason)
+            return self._switch(best, now, cause, DecisionKind.FAILOVER, reason)
 
-        if self.spec.mode == "multipath":
+        if self.spec.mode is GroupMode.MULTIPATH:
             if returning:
-                return self._switch("+".join(names), now, cause, "return", "site evacuation over")
+                return self._switch(
+                    Paths.of(names), now, cause, DecisionKind.RETURN, "site evacuation over"
+                )
             return self._multipath(names, now, cause, evacuate if evac else None)
         if self.active is None:
-            return self._switch(best, now, cause, "initial", "first verdicts in")
-        if evac and self.active not in names:
-            return self._switch(best, now, cause, "evacuate", f"site evacuating: {evacuate}")
-        if returning:
-            return self._switch(best, now, cause, "return", "site evacuation over")
-        if self.active not in names:
+            return self._switch(best, now, cause, DecisionKind.INITIAL, "first verdicts in")
+        if evac and self.current not in names:
             return self._switch(
-                best, now, cause, "failover", f"{self.active} lost: {self._why(states)}"
+                best, now, cause, DecisionKind.EVACUATE, f"site evacuating: {evacuate}"
             )
-        if best != self.active and self.spec.failback == "auto":
+        if returning:
+            return self._switch(best, now, cause, DecisionKind.RETURN, "site evacuation over")
+        if self.current not in names:
+            return self._switch(
+                best, now, cause, DecisionKind.FAILOVER, f"{self.current} lost: {self._why(states)}"
+            )
+        if best != self.current and self.spec.failback is Failback.AUTO:
             due = self._failback_due(best)
             if due is not None and now >= due:
                 reason = f"{best} stable for {self.spec.hold:g}s"
-                return self._switch(best, now, due, "failback", reason)
+                return self._switch(best, now, due, DecisionKind.FAILBACK, reason)
         return None
 
     def _multipath(
@@ -148,37 +175,61 @@ class GroupPolicy:
         current = set(self.members())
         keep = [n for n in names if n in current]
         if not keep:
-            kind = "initial" if self.active is None else "failover"
+            kind = DecisionKind.INITIAL if self.active is None else DecisionKind.FAILOVER
             why = "first verdicts in" if self.active is None else "no active path left"
             if evacuate is not None and self.active is not None:
-                kind, why = "evacuate", f"site evacuating: {evacuate}"
-            return self._switch("+".join(names), now, cause, kind, why)
+                kind, why = DecisionKind.EVACUATE, f"site evacuating: {evacuate}"
+            return self._switch(Paths.of(names), now, cause, kind, why)
         joining = [
             n
             for n in names
             if n not in current
-            and self.spec.failback == "auto"
+            and self.spec.failback is Failback.AUTO
             and (due := self._failback_due(n)) is not None
             and now >= due
         ]
         new = [n for n in names if n in keep or n in joining]
         if joining:
             why = f"{', '.join(joining)} stable for {self.spec.hold:g}s"
-            return self._switch("+".join(new), now, now, "failback", why)
+            return self._switch(Paths.of(new), now, now, DecisionKind.FAILBACK, why)
         if len(new) < len(current):
             if evacuate is not None:
                 why = f"site evacuating: {evacuate}"
-                return self._switch("+".join(new), now, cause, "evacuate", why)
+                return self._switch(Paths.of(new), now, cause, DecisionKind.EVACUATE, why)
             gone = ", ".join(sorted(current - set(new)))
-            return self._switch("+".join(new), now, cause, "failover", f"{gone} lost")
+            return self._switch(Paths.of(new), now, cause, DecisionKind.FAILOVER, f"{gone} lost")
         return None
 
-    def members(self) -> list[str]:
-        """The active paths: one, or several in multipath mode."""
-        return [] if self.active is None else self.active.split("+")
+    def respec(self, spec: GroupSpec) -> GroupPolicy:
+        """New settings on reload: keep what still exists, decide afresh what does not."""
+        names = {p.name for p in spec.paths}
+        self.spec = spec
+        if self.pinned not in names:
+            self.pinned = None
+        if self.active is not None and not set(self.active) <= names:
+            self.active, self.ready = None, False  # decided on the next evaluation
+        self.qualified_since = {k: v for k, v in self.qualified_since.items() if k in names}
+        return self
 
-    def _why(self, states: Mapping[str, State]) -> str:
-        path = self.spec.paths[self._index(self.active)]
+    def restore(self, active: Paths | None, pinned: str | None) -> None:
+        """After a restart: the last decision, enforced once every target has a verdict."""
+        names = {p.name for p in self.spec.paths}
+        if active and set(active) <= names:
+            self.active = active
+        if pinned in names:
+            self.pinned = pinned
+
+    @property
+    def current(self) -> str | None:
+        """The active path of a failover group (the most preferred one in multipath)."""
+        return self.active[0] if self.active else None
+
+    def members(self) -> Paths:
+        """The active paths: one, or several in multipath mode."""
+        return Paths() if self.active is None else self.active
+
+    def _why(self, states: States) -> str:
+        path = self.spec.paths[self._index(self.current)]
         bad = [
             f"{t} {states.get(t, State.UNKNOWN)}"
             for t in path.requires
@@ -196,10 +247,10 @@ class GroupPolicy:
             self.waiting
             or self.active is None
             or self.pinned is not None
-            or self.spec.failback != "auto"
+            or self.spec.failback is not Failback.AUTO
         ):
             return None
-        if self.spec.mode == "multipath":
+        if self.spec.mode is GroupMode.MULTIPATH:
             members = set(self.members())
             dues = [
                 due
@@ -209,28 +260,28 @@ class GroupPolicy:
                 and (due := self._failback_due(p.name)) is not None
             ]
             return min(dues, default=None)
-        active_i = self._index(self.active)
+        active_i = self._index(self.current)
         for p in self.spec.paths[:active_i]:
             if p.name in self.qualified_since and (p.remote or not self.evacuated):
                 return self._failback_due(p.name)
         return None
 
     def pin(
-        self, path: str, states: Mapping[str, State], now: float, evacuate: str | None = None
+        self, path: str, states: States, now: float, evacuate: str | None = None
     ) -> Decision | None:
         """Operator failover to `path`. Raises ValueError when it cannot be honoured."""
         spec = next((p for p in self.spec.paths if p.name == path), None)
         if spec is None:
             raise ValueError(f"group {self.spec.name} has no path {path!r}")
         if not self._qualifies(spec, states):
-            bad = [t for t in spec.requires if states.get(t) is not State.UP]
+            bad = [str(t) for t in spec.requires if states.get(t) is not State.UP]
             raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
         if evacuate is not None and not spec.remote and any(p.remote for p in self.spec.paths):
             raise ValueError(f"path {path} is local and the site is evacuating ({evacuate})")
         self.pinned = path
         return self.evaluate(states, now, evacuate=evacuate)
 
-    def release(self, states: Mapping[str, State], now: float) -> Decision | None:
+    def release(self, states: States, now: float) -> Decision | None:
         """Operator failback: drop any pin and move to the best path now, skipping hold."""
         self.pinned = None
         if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
@@ -241,14 +292,15 @@ class GroupPolicy:
         self.alarm = not ok
         if not ok:
             return None
-        best = "+".join(p.name for p in ok) if self.spec.mode == "multipath" else ok[0].name
-        return self._switch(best, now, now, "manual", "failback by operator")
+        best = Paths.of(p.name for p in ok) if self.spec.mode is GroupMode.MULTIPATH else ok[0].name
+        return self._switch(best, now, now, DecisionKind.MANUAL, "failback by operator")
 
     def _switch(
-        self, new: str, now: float, cause: float, kind: str, reason: str
+        self, new: str | Paths, now: float, cause: float, kind: DecisionKind, reason: str
     ) -> Decision | None:
-        if new == self.active:
+        paths = new if isinstance(new, Paths) else Paths((new,))
+        if paths == self.active:
             return None
-        d = Decision(self.spec.name, self.active, new, now, kind, reason, cause)
-        self.active = new
+        d = Decision(self.spec.name, self.active, paths, now, kind, reason, cause)
+        self.active = paths
         return d

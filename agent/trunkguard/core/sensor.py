@@ -13,17 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from enum import StrEnum
+
+from trunkguard.core.events import Level, SensorChange
 
 Reading = float | bool
-
-
-class Level(StrEnum):
-    UNKNOWN = "unknown"
-    OK = "ok"
-    WARN = "warn"
-    CRITICAL = "critical"
-    STALE = "stale"
 
 
 LEVELS = [lv.value for lv in Level]
@@ -43,15 +36,6 @@ class SensorSpec:
     warn_when: bool | None = None  # bool sensors: the value that means warn
     critical_when: bool | None = None  # ... and critical (e.g. chiller running: false)
     unit: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SensorChange:
-    sensor: str
-    old: Level
-    new: Level
-    at: float
-    reason: str
 
 
 def describe(spec: SensorSpec, value: Reading) -> str:

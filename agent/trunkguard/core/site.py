@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
-from trunkguard.core.events import State
-from trunkguard.core.sensor import Level, SensorHealth, describe
+from trunkguard.core.events import Level, SiteChange, SiteState, State
+from trunkguard.core.ids import TargetId
+from trunkguard.core.sensor import SensorHealth, describe
 
 SENSOR_STATES = ("warn", "critical", "stale")
 TARGET_STATES = ("down", "up")
@@ -33,7 +33,7 @@ class Match:
     or (sensors) projected to reach critical within `critical_within` seconds."""
 
     sensors: tuple[str, ...] = ()
-    targets: tuple[str, ...] = ()
+    targets: tuple[TargetId, ...] = ()
     is_: str | None = None
     at_least: int | None = 1
     critical_within: float | None = None
@@ -75,7 +75,10 @@ def _sensor_hit(m: Match, h: SensorHealth, now: float) -> str | None:
 
 
 def evaluate(
-    rule: Rule, sensors: Mapping[str, SensorHealth], targets: Mapping[str, State], now: float
+    rule: Rule,
+    sensors: Mapping[str, SensorHealth],
+    targets: Mapping[TargetId, State],
+    now: float,
 ) -> str | None:
     """The reason the rule holds, or None."""
     if isinstance(rule, AnyOf):
@@ -93,27 +96,20 @@ def evaluate(
             whys.append(why)
         return " and ".join(whys)
     hits: list[str] = []
-    names = rule.sensors or rule.targets
-    for name in names:
-        if rule.sensors:
-            h = sensors.get(name)
-            hit = None if h is None else _sensor_hit(rule, h, now)
-        else:
-            want = State.DOWN if rule.is_ == "down" else State.UP
-            hit = f"{name} {rule.is_}" if targets.get(name) is want else None
+    for name in rule.sensors:
+        h = sensors.get(name)
+        hit = None if h is None else _sensor_hit(rule, h, now)
         if hit is not None:
             hits.append(hit)
-    need = len(names) if rule.at_least is None else rule.at_least
+    want = State.DOWN if rule.is_ == "down" else State.UP
+    hits += [f"{t} {rule.is_}" for t in rule.targets if targets.get(t) is want]
+    names = len(rule.sensors) + len(rule.targets)
+    need = names if rule.at_least is None else rule.at_least
     if len(hits) < need or not hits:
         return None
-    if len(names) == 1:
+    if names == 1:
         return hits[0]
-    return f"{len(hits)} of {len(names)}: " + ", ".join(hits)
-
-
-class SiteState(StrEnum):
-    NORMAL = "normal"
-    EVACUATING = "evacuating"
+    return f"{len(hits)} of {names}: " + ", ".join(hits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +117,6 @@ class SiteSpec:
     rule: Rule | None = None
     hold: float = 300.0
     return_mode: str = "auto"  # "auto" | "manual"
-
-
-@dataclass(frozen=True, slots=True)
-class SiteChange:
-    old: SiteState
-    new: SiteState
-    at: float
-    reason: str
-    forced: bool
 
 
 @dataclass(slots=True)

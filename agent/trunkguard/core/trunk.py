@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from trunkguard.core.events import State, Transition, Verdict
 from trunkguard.core.health import HealthParams, TargetHealth, move, set_maintenance
+from trunkguard.core.ids import TargetId
 
 SINGLE = ""  # the destination key of a trunk probed at one fixed address
 
@@ -43,7 +44,7 @@ class Quorum:
 
 @dataclass(slots=True)
 class TrunkHealth:
-    name: str
+    name: TargetId
     params: HealthParams
     quorum: Quorum = field(default_factory=Quorum)
     state: State = State.UNKNOWN
@@ -52,15 +53,13 @@ class TrunkHealth:
     maintenance: bool = False
     probed_state: State = State.UNKNOWN
     dests: dict[str, TargetHealth] = field(default_factory=dict)
-    deps_down: dict[str, str] = field(default_factory=dict)  # dependency -> why it is down
+    deps_down: dict[TargetId, str] = field(default_factory=dict)  # dependency -> why down
 
     def set_dests(self, keys: Iterable[str], at: float) -> Transition | None:
         """The destinations the trunk resolves to now; known ones keep their state."""
         old = self.dests
         self.dests = {
-            k: old[k]
-            if k in old
-            else TargetHealth(f"{self.name}/{k}" if k else self.name, self.params)
+            k: old[k] if k in old else TargetHealth(self.name.at(k), self.params)
             for k in dict.fromkeys(keys)
         }
         return self._reaggregate(at, "destinations changed")
@@ -93,7 +92,7 @@ class TrunkHealth:
             return set_maintenance(self, on, at, State.DOWN, f"{self._dep_text()}:")
         return set_maintenance(self, on, at, self.probed_state, "probes say")
 
-    def set_dependency(self, dep: str, down: bool, at: float, why: str) -> Transition | None:
+    def set_dependency(self, dep: TargetId, down: bool, at: float, why: str) -> Transition | None:
         """A link (or other target) this trunk is reached through went down or came back.
 
         While any dependency is down the trunk is down, whatever its last probes said:

@@ -13,13 +13,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from trunkguard.app import App
 from trunkguard.config import parse_config
+from trunkguard.core.events import Decision, ProbeOutcome, Transition, Verdict
 from trunkguard.core.health import HealthParams, detection_bound
-from trunkguard.daemon import Daemon
+from trunkguard.core.ids import TargetId, trunk
+from trunkguard.hub import Hub
+from trunkguard.sinks.latency import Applied
 from trunkguard.sip.uas import OptionsResponder
 
 INTERVAL, FAST, TIMEOUT, FALL, RISE = 1.0, 0.2, 0.5, 3, 2
@@ -53,43 +56,51 @@ WRITE = "import os,sys; open(sys.argv[1],'w').write(os.environ['TRUNKGUARD_PATH'
 
 
 class _Timeline:
+    """The lab's view of the daemon: probes of carrier A and every event, as rows."""
+
+    A = trunk("carrier-a")
+
     def __init__(self) -> None:
         self.rows: list[tuple[float, str]] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.applied: list[Applied] = []
+        self.good = 0
         self.changed = asyncio.Event()
         self.last_good_a: tuple[float, str] | None = None
         self.first_fail_a: tuple[float, str] | None = None
         self.outage_at: float | None = None
 
-    def __call__(self, kind: str, f: Mapping[str, Any]) -> None:
-        self.events.append((kind, dict(f)))
-        if kind == "probe" and f["target"] == "trunk:carrier-a":
-            if f["ok"] and self.outage_at is None:
-                rtt = f"{f['rtt'] * 1000:.2f} ms" if f.get("rtt") is not None else ""
-                self.last_good_a = (f["at"], f"last good probe of carrier-a ({f['reason']}, {rtt})")
-            elif not f["ok"] and self.outage_at is not None and self.first_fail_a is None:
-                self.first_fail_a = (f["at"], f"first failed probe of carrier-a: {f['reason']}")
-        elif kind == "transition":
-            self.rows.append((f["mono"], f"{f['target']} {f['old']} -> {f['new']}: {f['reason']}"))
-        elif kind == "decision":
-            self.rows.append(
-                (
-                    f["mono"],
-                    f"route {f['group']}: {f['old'] or '-'} -> {f['new']} "
-                    f"({f['kind']}: {f['reason']})",
-                )
-            )
-        elif kind == "applied":
-            self.rows.append(
-                (
-                    f["mono"],
-                    f"route {f['group']} applied: {f['path']} "
-                    f"(decision to applied {f['apply_ms']:.1f} ms)",
-                )
-            )
+    def attach(self, hub: Hub) -> None:
+        hub.on_probe = self.probe
+        hub.subscribe(Transition, self.transition)
+        hub.subscribe(Decision, self.decision)
+        hub.subscribe(Applied, self.on_applied)
+
+    def probe(self, target: TargetId, dest: str, o: ProbeOutcome, v: Verdict) -> None:
+        self.good += v.ok
+        if target == self.A:
+            if v.ok and self.outage_at is None:
+                rtt = f"{o.rtt * 1000:.2f} ms" if o.rtt is not None else ""
+                self.last_good_a = (o.at, f"last good probe of carrier-a ({v.reason}, {rtt})")
+            elif not v.ok and self.outage_at is not None and self.first_fail_a is None:
+                self.first_fail_a = (o.at, f"first failed probe of carrier-a: {v.reason}")
         self.changed.set()
 
-    async def until(self, pred: Any, timeout: float, what: str) -> None:
+    def transition(self, t: Transition) -> None:
+        self.rows.append((t.at, f"{t.target} {t.old} -> {t.new}: {t.reason}"))
+        self.changed.set()
+
+    def decision(self, d: Decision) -> None:
+        old = "-" if d.old is None else str(d.old)
+        self.rows.append((d.at, f"route {d.group}: {old} -> {d.new} ({d.kind}: {d.reason})"))
+        self.changed.set()
+
+    def on_applied(self, a: Applied) -> None:
+        self.applied.append(a)
+        what = f"route {a.group} applied: {a.paths} (decision to applied {a.apply_s * 1000:.1f} ms)"
+        self.rows.append((a.at, what))
+        self.changed.set()
+
+    async def until(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
         async def wait() -> None:
             while not pred():
                 self.changed.clear()
@@ -100,14 +111,40 @@ class _Timeline:
         except TimeoutError:
             raise RuntimeError(f"lab: timed out waiting for {what}") from None
 
-    def applied(self, path: str, after: float = 0.0) -> bool:
-        return any(
-            k == "applied" and f["path"] == path and f["mono"] >= after for k, f in self.events
-        )
+    def is_applied(self, path: str, after: float = 0.0) -> bool:
+        return any(str(a.paths) == path and a.at >= after for a in self.applied)
+
+
+def _read(path: Path) -> str:
+    return path.read_text()
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+async def _script(
+    tl: _Timeline, a: OptionsResponder, outage: float, hold: float, worst: float, route_file: Path
+) -> float:
+    """The scripted outage and recovery of carrier A; returns when A came back."""
+    await tl.until(lambda: tl.is_applied("carrier-a"), 10, "the initial route")
+    _say("route outbound -> carrier-a (initial); waiting for two good probes")
+    goods = tl.good
+    await tl.until(lambda: tl.good >= goods + 4, 10, "steady probes")
+    await asyncio.sleep(0.4 * INTERVAL)  # scripted: the outage starts mid-interval
+    tl.outage_at = time.monotonic()
+    a.silent = True
+    _say("OUTAGE: carrier-a stops answering")
+    failed_over = lambda: tl.is_applied("carrier-b", tl.outage_at or 0.0)  # noqa: E731
+    await tl.until(failed_over, 2 * worst + 5, "failover to carrier-b")
+    _say(f"routing file says: {_read(route_file)}")
+    await asyncio.sleep(max(0.0, tl.outage_at + outage - time.monotonic()))  # scripted outage
+    recovered = time.monotonic()
+    a.silent = False
+    _say("RECOVERY: carrier-a answers again")
+    await tl.until(lambda: tl.is_applied("carrier-a", recovered), hold + 10, "failback")
+    _say(f"routing file says: {_read(route_file)}")
+    return recovered
 
 
 async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
@@ -126,8 +163,8 @@ async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
         write=WRITE,
     )
     (tmp / "trunkguard.yaml").write_text(text)
-    daemon = Daemon(str(tmp / "trunkguard.yaml"), parse_config(text), observer=tl, json_logs=False)
-    task = asyncio.create_task(daemon.run())
+    app = App(str(tmp / "trunkguard.yaml"), parse_config(text), json_logs=False, attach=tl.attach)
+    task = asyncio.create_task(app.run())
     worst = detection_bound(HealthParams(INTERVAL, FAST, RISE, FALL), TIMEOUT)
     try:
         _say(f"trunkguard lab: carrier-a on 127.0.0.1:{a.port}, carrier-b on 127.0.0.1:{b.port}")
@@ -135,44 +172,24 @@ async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
             f"probing every {INTERVAL:g}s (fast {FAST * 1000:.0f}ms while pending), "
             f"timeout {TIMEOUT * 1000:.0f}ms, fall {FALL}, rise {RISE}, failback hold {hold:g}s"
         )
-        await tl.until(lambda: tl.applied("carrier-a"), 10, "the initial route")
-        _say("route outbound -> carrier-a (initial); waiting for two good probes")
-        goods = sum(1 for k, f in tl.events if k == "probe" and f["ok"])
-        await tl.until(
-            lambda: sum(1 for k, f in tl.events if k == "probe" and f["ok"]) >= goods + 4,
-            10,
-            "steady probes",
-        )
-        await asyncio.sleep(0.4 * INTERVAL)  # scripted: the outage starts mid-interval
-        tl.outage_at = time.monotonic()
-        a.silent = True
-        _say("OUTAGE: carrier-a stops answering")
-        await tl.until(
-            lambda: tl.applied("carrier-b", tl.outage_at or 0.0),
-            2 * worst + 5,
-            "failover to carrier-b",
-        )
-        _say(f"routing file says: {(tmp / 'active-route').read_text()}")
-        await asyncio.sleep(max(0.0, tl.outage_at + outage - time.monotonic()))  # scripted outage
-        recovered = time.monotonic()
-        a.silent = False
-        _say("RECOVERY: carrier-a answers again")
-        await tl.until(
-            lambda: tl.applied("carrier-a", recovered), hold + 10, "failback to carrier-a"
-        )
-        _say(f"routing file says: {(tmp / 'active-route').read_text()}")
+        recovered = await _script(tl, a, outage, hold, worst, tmp / "active-route")
     except RuntimeError as e:
         print(str(e), file=sys.stderr)
         return 1
     finally:
-        daemon.request_stop()
+        app.request_stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
         a.close()
         b.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    _report(tl, recovered, worst)
+    return 0
 
+
+def _report(tl: _Timeline, recovered: float, worst: float) -> None:
     t0 = tl.outage_at
+    assert t0 is not None
     rows = sorted(
         [
             *(r for r in (tl.last_good_a, tl.first_fail_a) if r),
@@ -197,4 +214,3 @@ async def run_lab(hold: float = 3.0, outage: float = 4.0) -> int:
         "For comparison: Kamailio dispatcher with default probing needs ~30 s, "
         "an Acme Packet SBC 32 s."
     )
-    return 0

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from trunkguard import __version__
+from trunkguard.core.ids import Paths
 from trunkguard.obs.rtt import CompactHistogram
 
 # SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
@@ -44,7 +45,14 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self._targets(r)
+        self._probes(r)
+        self._routes(r)
+        self._sensors(r)
+        self._process(r, mqtt_enabled)
+        self._group_paths: dict[str, set[str]] = {}
 
+    def _targets(self, r: CollectorRegistry) -> None:
         self.target_up = Gauge(
             "trunkguard_target_up", "1 when the target is up.", ["kind", "name"], registry=r
         )
@@ -54,7 +62,14 @@ class Metrics:
             ["kind", "name", "state"],
             registry=r,
         )
-        # One per trunk and target: compact, see obs/rtt.py.
+        self.transitions_total = Counter(
+            "trunkguard_transitions_total",
+            "Health state transitions of targets.",
+            ["kind", "name", "to"],
+            registry=r,
+        )
+
+    def _probes(self, r: CollectorRegistry) -> None:
         # One per trunk and target: compact and streamed by serve(), see obs/rtt.py.
         self.sip_options_rtt_seconds = CompactHistogram(
             "trunkguard_sip_options_rtt_seconds",
@@ -86,6 +101,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def _routes(self, r: CollectorRegistry) -> None:
         self.route_active_path = Gauge(
             "trunkguard_route_active_path",
             "1 for the path a route group currently uses, 0 for its other paths.",
@@ -110,22 +127,11 @@ class Metrics:
             ["group"],
             registry=r,
         )
-        self.transitions_total = Counter(
-            "trunkguard_transitions_total",
-            "Health state transitions of targets.",
-            ["kind", "name", "to"],
-            registry=r,
-        )
         self.reroute_seconds = Histogram(
             "trunkguard_reroute_seconds",
             "Time from the evidence that triggered a reroute to routing applied.",
             ["group"],
             buckets=ACTION_BUCKETS,
-            registry=r,
-        )
-        self.event_loop_lag_seconds = Gauge(
-            "trunkguard_event_loop_lag_seconds",
-            "How late the event loop ran a timer at the last check.",
             registry=r,
         )
         self.actuator_converged = Gauge(
@@ -147,18 +153,8 @@ class Metrics:
             buckets=ACTION_BUCKETS,
             registry=r,
         )
-        # Not exported when MQTT is not configured, so its alert cannot fire then.
-        self.mqtt_connected = Gauge(
-            "trunkguard_mqtt_connected",
-            "1 while connected to the MQTT broker.",
-            registry=r if mqtt_enabled else None,
-        )
-        self.config_reload_total = Counter(
-            "trunkguard_config_reload_total",
-            "Configuration reloads by result.",
-            ["result"],
-            registry=r,
-        )
+
+    def _sensors(self, r: CollectorRegistry) -> None:
         self.sensor_value = Gauge(
             "trunkguard_sensor_value",
             "Last reading of the sensor (booleans as 1/0), in the sensor's own unit.",
@@ -201,6 +197,25 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+
+    def _process(self, r: CollectorRegistry, mqtt_enabled: bool) -> None:
+        self.event_loop_lag_seconds = Gauge(
+            "trunkguard_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last check.",
+            registry=r,
+        )
+        # Not exported when MQTT is not configured, so its alert cannot fire then.
+        self.mqtt_connected = Gauge(
+            "trunkguard_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            registry=r if mqtt_enabled else None,
+        )
+        self.config_reload_total = Counter(
+            "trunkguard_config_reload_total",
+            "Configuration reloads by result.",
+            ["result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "trunkguard_build_info",
             "Always 1; the version is a label.",
@@ -208,12 +223,10 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(__version__).set(1)
-        self._group_paths: dict[str, set[str]] = {}
 
-    def set_active_path(self, group: str, paths: Sequence[str], active: str | None) -> None:
-        """Publish the routing decision for a group; active=None raises the no-path alarm.
-        A multipath group's active value joins its active paths with "+"."""
-        actives = set(active.split("+")) if active is not None else set()
+    def set_active_path(self, group: str, paths: Sequence[str], active: Paths | None) -> None:
+        """Publish the routing decision for a group; active=None raises the no-path alarm."""
+        actives = set(active) if active is not None else set()
         names = list(paths) + sorted(actives - set(paths))
         for path in self._group_paths.get(group, set()) - set(names):
             self.route_active_path.remove(group, path)  # path removed by a config reload

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from trunkguard.core.events import ProbeOutcome
+from trunkguard.core.events import Outcome, ProbeOutcome
 from trunkguard.sip.message import MAX_MESSAGE, OptionsTemplate, parse_response
 from trunkguard.sip.uri import SipUri
 
@@ -116,22 +116,26 @@ class _Dest:
     expires: float  # our clock: the local address is re-learned then (routes change)
 
 
-def icmp_meaning(origin: int, icmp_type: int, code: int) -> tuple[str, str] | None:
+def icmp_meaning(origin: int, icmp_type: int, code: int) -> tuple[Outcome, str] | None:
     """(outcome reason, text) for an ICMP error about reachability, else None."""
     if origin == SO_EE_ORIGIN_ICMP:
         if icmp_type == 3 and code == 3:
-            return "refused", "ICMP port unreachable"
+            return Outcome.REFUSED, "ICMP port unreachable"
         if icmp_type == 3 and code != 4:  # code 4 is PMTU discovery, not reachability
-            return "unreachable", "ICMP " + _V4_UNREACH.get(code, f"unreachable (code {code})")
+            return Outcome.UNREACHABLE, "ICMP " + _V4_UNREACH.get(
+                code, f"unreachable (code {code})"
+            )
         if icmp_type == 11:
-            return "unreachable", "ICMP time exceeded"
+            return Outcome.UNREACHABLE, "ICMP time exceeded"
     elif origin == SO_EE_ORIGIN_ICMP6:
         if icmp_type == 1 and code == 4:
-            return "refused", "ICMPv6 port unreachable"
+            return Outcome.REFUSED, "ICMPv6 port unreachable"
         if icmp_type == 1:
-            return "unreachable", "ICMPv6 " + _V6_UNREACH.get(code, f"unreachable (code {code})")
+            return Outcome.UNREACHABLE, "ICMPv6 " + _V6_UNREACH.get(
+                code, f"unreachable (code {code})"
+            )
         if icmp_type == 3:
-            return "unreachable", "ICMPv6 time exceeded"
+            return Outcome.UNREACHABLE, "ICMPv6 time exceeded"
     return None
 
 
@@ -156,10 +160,10 @@ def _norm(addr: tuple[object, ...]) -> Addr | None:
 def _os_outcome(at: float, exc: OSError, what: str = "") -> ProbeOutcome:
     text = f"{what}{exc.strerror or exc}"
     if exc.errno in _UNREACHABLE:
-        return ProbeOutcome(at=at, reason="unreachable", detail=text)
+        return ProbeOutcome(at=at, reason=Outcome.UNREACHABLE, detail=text)
     if exc.errno == errno.ECONNREFUSED:
-        return ProbeOutcome(at=at, reason="refused", detail=text)
-    return ProbeOutcome(at=at, reason="send_error", detail=text)
+        return ProbeOutcome(at=at, reason=Outcome.REFUSED, detail=text)
+    return ProbeOutcome(at=at, reason=Outcome.SEND_ERROR, detail=text)
 
 
 class UdpProber:
@@ -249,7 +253,7 @@ class UdpProber:
         if uri.transport != "udp":
             return ProbeOutcome(
                 at=self._clock(),
-                reason="send_error",
+                reason=Outcome.SEND_ERROR,
                 detail=f"transport {uri.transport} not supported yet",
             )
         port = uri.port or 5060
@@ -301,14 +305,14 @@ class UdpProber:
         except TimeoutError:
             return ProbeOutcome(
                 at=self._clock(),
-                reason="dns",
+                reason=Outcome.DNS,
                 detail=f"{name}: no answer within {budget * 1000:.0f}ms",
             )
         except (OSError, UnicodeError) as exc:
             text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return ProbeOutcome(at=self._clock(), reason="dns", detail=f"{name}: {text}")
+            return ProbeOutcome(at=self._clock(), reason=Outcome.DNS, detail=f"{name}: {text}")
         if not infos:
-            return ProbeOutcome(at=self._clock(), reason="dns", detail=f"{name}: no address")
+            return ProbeOutcome(at=self._clock(), reason=Outcome.DNS, detail=f"{name}: no address")
         return str(infos[0][4][0])
 
     # --- sending ---------------------------------------------------------------------------
@@ -413,7 +417,7 @@ class UdpProber:
         if self._source and (":" in self._source) != (family == socket.AF_INET6):
             return ProbeOutcome(
                 at=now,
-                reason="send_error",
+                reason=Outcome.SEND_ERROR,
                 detail=f"source address {self._source} cannot reach {addr[0]}",
             )
         try:
@@ -574,7 +578,7 @@ class UdpProber:
 
     def _timeout_outcome(self, budget: float) -> ProbeOutcome:
         return ProbeOutcome(
-            at=self._clock(), reason="timeout", detail=f"after {budget * 1000:.0f}ms"
+            at=self._clock(), reason=Outcome.TIMEOUT, detail=f"after {budget * 1000:.0f}ms"
         )
 
     def _expire(self, p: _Probe) -> None:
@@ -654,7 +658,7 @@ class UdpProber:
         self._errq_left.add(sock)  # more than a budget's worth: finish on the next wake-up
 
     def _on_icmp(
-        self, dest: Addr, payload: bytes, meaning: tuple[str, str], offender: str | None
+        self, dest: Addr, payload: bytes, meaning: tuple[Outcome, str], offender: str | None
     ) -> None:
         found = _BRANCH_IN_PAYLOAD.search(payload)
         if found:  # the quoted datagram names the very probe it is about
@@ -695,7 +699,7 @@ class UdpProber:
             p,
             ProbeOutcome(
                 at=now,
-                reason="response",
+                reason=Outcome.RESPONSE,
                 code=resp.code,
                 phrase=resp.phrase,
                 rtt=now - p.sent_at,
@@ -715,7 +719,7 @@ class UdpProber:
         self._closed = True
         for p in list(self._pending.values()):
             self._finish(
-                p, ProbeOutcome(at=self._clock(), reason="send_error", detail="prober closed")
+                p, ProbeOutcome(at=self._clock(), reason=Outcome.SEND_ERROR, detail="prober closed")
             )
         for sock in self._socks.values():
             if self._loop is not None and not self._loop.is_closed():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from trunkguard.core.events import ProbeOutcome
+from trunkguard.core.events import Outcome, ProbeOutcome
 from trunkguard.sip.message import (
     MAX_MESSAGE,
     build_options,
@@ -62,7 +62,7 @@ _Key = tuple[str, str, int, str | None, TlsSettings | None]
 class _Failure(Exception):
     """A connection-level failure, already turned into an outcome reason and detail."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Outcome, detail: str) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
 
@@ -91,8 +91,9 @@ class _Conn:
 class _PeerState:
     """Why the last connection to a peer failed, and when to try again."""
 
-    reason: str = ""
+    reason: str = ""  # an outcome, or "wedged"
     detail: str = ""
+    failed: _Failure | None = None  # the last failed connect: repeated while backing off
     delay: float = 0.0
     retry_at: float = 0.0  # loop time; 0: no backoff window open
 
@@ -108,12 +109,12 @@ def _describe_ssl(exc: ssl.SSLError) -> str:
 def _os_failure(exc: OSError, stage: str) -> _Failure:
     text = f"{stage}: {exc.strerror or exc}"
     if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
-        return _Failure("refused", text)
+        return _Failure(Outcome.REFUSED, text)
     if exc.errno in _UNREACHABLE:
-        return _Failure("unreachable", text)
+        return _Failure(Outcome.UNREACHABLE, text)
     if isinstance(exc, ConnectionError) or exc.errno in (errno.ECONNRESET, errno.EPIPE):
-        return _Failure("reset", text)
-    return _Failure("send_error", text)
+        return _Failure(Outcome.RESET, text)
+    return _Failure(Outcome.SEND_ERROR, text)
 
 
 def _frame(buf: bytearray) -> bytes | None:
@@ -123,14 +124,16 @@ def _frame(buf: bytearray) -> bytes | None:
     end = _HEAD_END.search(buf, 0, MAX_MESSAGE + 4)
     if end is None:
         if len(buf) > MAX_MESSAGE:
-            raise _Failure("reset", f"protocol error: header over {MAX_MESSAGE} bytes")
+            raise _Failure(Outcome.RESET, f"protocol error: header over {MAX_MESSAGE} bytes")
         return None
     length = _CONTENT_LENGTH.search(buf, 0, end.start() + 2)
     if length is None:  # on a stream there is no other way to find the message's end
-        raise _Failure("reset", "protocol error: response without Content-Length")
+        raise _Failure(Outcome.RESET, "protocol error: response without Content-Length")
     total = end.end() + int(length.group(1))
     if total > MAX_MESSAGE:
-        raise _Failure("reset", f"protocol error: message of {total} bytes over {MAX_MESSAGE}")
+        raise _Failure(
+            Outcome.RESET, f"protocol error: message of {total} bytes over {MAX_MESSAGE}"
+        )
     if len(buf) < total:
         return None
     message = bytes(buf[:total])
@@ -194,13 +197,15 @@ class StreamProber:
         deadline = loop.time() + timeout
         transport = transport.lower()
         if transport not in ("tcp", "tls"):
-            return self._outcome("send_error", f"transport {transport} is not a stream")
+            return self._outcome(Outcome.SEND_ERROR, f"transport {transport} is not a stream")
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return self._outcome("send_error", f"{host!r} is not an IP address")
+            return self._outcome(Outcome.SEND_ERROR, f"{host!r} is not an IP address")
         if self._source and ipaddress.ip_address(self._source).version != ip.version:
-            return self._outcome("send_error", f"source address {self._source} cannot reach {ip}")
+            return self._outcome(
+                Outcome.SEND_ERROR, f"source address {self._source} cannot reach {ip}"
+            )
         if transport == "tls":
             tls = tls or TlsSettings()
             server_name = tls.server_name or server_name
@@ -221,9 +226,9 @@ class StreamProber:
             return conn
         loop = asyncio.get_running_loop()
         peer = self._peers.get(key)
-        if peer is not None and loop.time() < peer.retry_at:
+        if peer is not None and peer.failed is not None and loop.time() < peer.retry_at:
             # in backoff: fail at once rather than hammer a dead peer at fast_interval
-            raise _Failure(peer.reason, peer.detail)
+            raise _Failure(peer.failed.reason, peer.failed.detail)
         task = self._connecting.get(key)
         if task is None:
             # Shared by every probe that arrives while it runs; bounded by the first
@@ -234,14 +239,14 @@ class StreamProber:
         # asyncio.wait does not cancel the shared task if this probe is cancelled
         await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
         if not task.done():
-            raise _Failure("timeout", f"connect: no answer within {budget * 1000:.0f}ms")
+            raise _Failure(Outcome.TIMEOUT, f"connect: no answer within {budget * 1000:.0f}ms")
         if task.cancelled():
-            raise _Failure("send_error", "prober closed")
+            raise _Failure(Outcome.SEND_ERROR, "prober closed")
         exc = task.exception()
         if isinstance(exc, _Failure):
             raise exc
         if exc is not None:
-            raise _Failure("send_error", f"connect: {exc}")
+            raise _Failure(Outcome.SEND_ERROR, f"connect: {exc}")
         return task.result()
 
     def _connect_done(self, key: _Key, task: asyncio.Task[_Conn]) -> None:
@@ -258,7 +263,7 @@ class StreamProber:
             if peer is not None:
                 peer.retry_at = 0.0  # keep the delay until a response proves the peer sane
             if self._closed:
-                self._drop(conn, _Failure("send_error", "prober closed"))
+                self._drop(conn, _Failure(Outcome.SEND_ERROR, "prober closed"))
             else:
                 self._conns[key] = conn
                 conn.task = asyncio.get_running_loop().create_task(self._read_loop(conn))
@@ -267,13 +272,14 @@ class StreamProber:
         peer = self._peers.setdefault(key, _PeerState())
         peer.delay = min(peer.delay * 2, _BACKOFF_MAX) if peer.delay else _BACKOFF_FIRST
         peer.retry_at = asyncio.get_running_loop().time() + peer.delay
-        self._note(key, peer, f)
+        peer.failed = f
+        self._note(key, peer, f.reason, f.detail)
 
-    def _note(self, key: _Key, peer: _PeerState, f: _Failure) -> None:
-        """Remember the failure; tell the daemon only when it differs from the last one."""
-        if (peer.reason, peer.detail) != (f.reason, f.detail):
-            peer.reason, peer.detail = f.reason, f.detail
-            self._event(key, f.reason, f.detail)
+    def _note(self, key: _Key, peer: _PeerState, kind: str, detail: str) -> None:
+        """Remember the trouble; tell the daemon only when it differs from the last one."""
+        if (peer.reason, peer.detail) != (kind, detail):
+            peer.reason, peer.detail = kind, detail
+            self._event(key, kind, detail)
 
     def _event(self, key: _Key, kind: str, detail: str) -> None:
         if self._on_event is not None:
@@ -286,7 +292,7 @@ class StreamProber:
         try:
             ctx = self._context(tls) if tls is not None else None
         except (OSError, ssl.SSLError) as exc:  # unreadable CA file, key not matching cert
-            raise _Failure("tls", f"tls setup: {exc.strerror or exc}") from None
+            raise _Failure(Outcome.TLS, f"tls setup: {exc.strerror or exc}") from None
         sock = socket.socket(family, socket.SOCK_STREAM)
         stage = "connect"
         try:
@@ -312,10 +318,12 @@ class StreamProber:
                 )
         except TimeoutError:
             sock.close()
-            raise _Failure("timeout", f"{stage}: no answer within {budget * 1000:.0f}ms") from None
+            raise _Failure(
+                Outcome.TIMEOUT, f"{stage}: no answer within {budget * 1000:.0f}ms"
+            ) from None
         except ssl.SSLError as exc:
             sock.close()
-            raise _Failure("tls", _describe_ssl(exc)) from None
+            raise _Failure(Outcome.TLS, _describe_ssl(exc)) from None
         except OSError as exc:
             sock.close()
             raise _os_failure(exc, stage) from None
@@ -368,9 +376,9 @@ class StreamProber:
                 user_agent=self._user_agent,
             )
         except ValueError as exc:
-            return self._outcome("send_error", str(exc))
+            return self._outcome(Outcome.SEND_ERROR, str(exc))
         if conn.closed:  # dropped between connect and now (close(), a reset)
-            return self._outcome("reset", "connection closed before sending")
+            return self._outcome(Outcome.RESET, "connection closed before sending")
         p = _Probe(branch, call_id, loop.create_future(), self._clock())
         conn.pending[branch] = p
         expiry = loop.call_at(deadline, self._expire, conn, p, budget)
@@ -387,7 +395,7 @@ class StreamProber:
     def _expire(self, conn: _Conn, p: _Probe, budget: float) -> None:
         if p.future.done():
             return
-        p.future.set_result(self._outcome("timeout", f"after {budget * 1000:.0f}ms"))
+        p.future.set_result(self._outcome(Outcome.TIMEOUT, f"after {budget * 1000:.0f}ms"))
         # An established connection that answers nothing is wedged (half-open, stuck peer):
         # a fresh connection is the only way to learn whether the peer is really gone.
         self._wedged(conn, f"no answer within {budget * 1000:.0f}ms")
@@ -395,10 +403,8 @@ class StreamProber:
     def _wedged(self, conn: _Conn, why: str) -> None:
         if conn.closed:
             return
-        self._note(
-            conn.key, self._peers.setdefault(conn.key, _PeerState()), _Failure("wedged", why)
-        )
-        self._drop(conn, _Failure("timeout", f"connection wedged: {why}"))
+        self._note(conn.key, self._peers.setdefault(conn.key, _PeerState()), "wedged", why)
+        self._drop(conn, _Failure(Outcome.TIMEOUT, f"connection wedged: {why}"))
 
     def _drop(self, conn: _Conn, f: _Failure) -> None:
         """Close a connection and fail every probe still waiting on it, all at once."""
@@ -422,14 +428,14 @@ class StreamProber:
             while not conn.closed:
                 data = await conn.reader.read(MAX_MESSAGE)
                 if not data:
-                    raise _Failure("reset", "connection closed by peer")
+                    raise _Failure(Outcome.RESET, "connection closed by peer")
                 buf += data
                 while (message := _frame(buf)) is not None:
                     self._on_message(conn, message)
         except _Failure as f:
             self._lost(conn, f)
         except ssl.SSLError as exc:  # e.g. a TLS 1.3 server rejecting our certificate
-            tls_failure = _Failure("tls", _describe_ssl(exc))
+            tls_failure = _Failure(Outcome.TLS, _describe_ssl(exc))
             self._lost(conn, tls_failure)
             self._connect_failed(conn.key, tls_failure)
         except OSError as exc:
@@ -441,7 +447,7 @@ class StreamProber:
         # tls goes through _connect_failed (backoff + change log); a close while nothing is
         # outstanding is the peer's idle timeout (Kamailio: tcp_connection_lifetime), not news
         if f.reason != "tls" and conn.pending:
-            self._note(conn.key, self._peers.setdefault(conn.key, _PeerState()), f)
+            self._note(conn.key, self._peers.setdefault(conn.key, _PeerState()), f.reason, f.detail)
         self._drop(conn, f)
 
     def _on_message(self, conn: _Conn, data: bytes) -> None:
@@ -464,7 +470,7 @@ class StreamProber:
         p.future.set_result(
             ProbeOutcome(
                 at=now,
-                reason="response",
+                reason=Outcome.RESPONSE,
                 code=resp.code,
                 phrase=resp.phrase,
                 rtt=now - p.sent_at,
@@ -477,7 +483,7 @@ class StreamProber:
         if self._on_unmatched is not None:
             self._on_unmatched(reason)
 
-    def _outcome(self, reason: str, detail: str) -> ProbeOutcome:
+    def _outcome(self, reason: Outcome, detail: str) -> ProbeOutcome:
         return ProbeOutcome(at=self._clock(), reason=reason, detail=detail)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -488,7 +494,7 @@ class StreamProber:
         for task in list(self._connecting.values()):
             task.cancel()
         for conn in list(self._conns.values()):
-            self._drop(conn, _Failure("send_error", "prober closed"))
+            self._drop(conn, _Failure(Outcome.SEND_ERROR, "prober closed"))
 
     async def aclose(self) -> None:
         tasks = [

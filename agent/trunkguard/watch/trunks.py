@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from trunkguard.config import Config
 from trunkguard.core.classify import OkCodes, classify
-from trunkguard.core.events import ProbeOutcome, Verdict
+from trunkguard.core.events import Outcome, ProbeOutcome, Verdict
+from trunkguard.core.ids import TargetId
 from trunkguard.core.trunk import TrunkHealth
 from trunkguard.sip.dns import Destination, DnsError, SipResolver
 from trunkguard.sip.prober import UdpProber
 from trunkguard.sip.stream import StreamProber, TlsSettings
-from trunkguard.sip.uri import SipUri, parse_uri
+from trunkguard.sip.uri import SipUri
+from trunkguard.tasks import supervise
 
 DNS_KEY = "dns"  # the destination a trunk has while its name does not resolve
 # Probes started per timer callback. The loop reads answers once per iteration, so one
@@ -37,7 +38,7 @@ Source = tuple[str | None, int]
 @dataclass(frozen=True)
 class TrunkPlan:
     name: str
-    target: str
+    target: TargetId
     uri: SipUri
     timeout: float
     interval: float
@@ -46,35 +47,6 @@ class TrunkPlan:
     tls: TlsSettings | None
     source: Source
     request_uri: str = ""
-
-
-def plans(cfg: Config) -> list[TrunkPlan]:
-    out = []
-    for name, t in cfg.trunks.items():
-        p = cfg.probe_for(name)
-        tls = cfg.tls_for(name)
-        out.append(
-            TrunkPlan(
-                name=name,
-                target=f"trunk:{name}",
-                uri=parse_uri(t.uri),
-                timeout=p.timeout,
-                interval=p.interval,
-                ok_codes=OkCodes.parse(p.ok_codes),
-                retry_after_cap=p.retry_after_cap,
-                tls=None
-                if tls is None
-                else TlsSettings(
-                    tls.ca_file, tls.cert_file, tls.key_file, tls.server_name, tls.verify
-                ),
-                source=(
-                    t.source_address or cfg.sip.source_address,
-                    t.source_port if t.source_port is not None else cfg.sip.source_port,
-                ),
-                request_uri=str(parse_uri(t.uri)),
-            )
-        )
-    return out
 
 
 @dataclass(eq=False, slots=True)
@@ -98,15 +70,18 @@ def _is_ip(host: str) -> bool:
 
 
 ResultSink = Callable[[TrunkPlan, str, ProbeOutcome, Verdict], None]
-DestSink = Callable[[str, list[str]], None]
+DestSink = Callable[[TargetId, list[str]], None]
 
 
 class TrunkWatcher:
     def __init__(
         self,
-        cfg: Config,
+        plans: list[TrunkPlan],
         *,
-        health: Callable[[str], TrunkHealth | None],
+        resolver: SipResolver,
+        user_agent: str,
+        t1: float,
+        health: Callable[[TargetId], TrunkHealth | None],
         on_result: ResultSink,
         on_dests: DestSink,
         on_unmatched: Callable[[str], None],
@@ -114,7 +89,9 @@ class TrunkWatcher:
         log: Any,
         clock: Callable[[], float],
     ) -> None:
-        self.cfg = cfg
+        self.plans = plans
+        self.user_agent, self.t1 = user_agent, t1
+        self.resolver = resolver
         self.health = health
         self.on_result = on_result
         self.on_dests = on_dests
@@ -122,20 +99,11 @@ class TrunkWatcher:
         self.clock = clock
         self._on_unmatched = on_unmatched
         self._on_transport_event = on_transport_event
-        dns = cfg.sip.dns
-        self.resolver = SipResolver(
-            nameservers=dns.nameservers or None,
-            port=dns.port,
-            timeout=dns.timeout,
-            min_ttl=dns.min_ttl,
-            max_ttl=dns.max_ttl,
-            clock=clock,
-        )
         self._udp: dict[Source, UdpProber] = {}
         self._stream: dict[Source, StreamProber] = {}
-        self._dns_error: dict[str, str] = {}
-        self._expires: dict[str, float] = {}
-        self._dests: dict[str, dict[str, _Dest]] = {}
+        self._dns_error: dict[TargetId, str] = {}
+        self._expires: dict[TargetId, float] = {}
+        self._dests: dict[TargetId, dict[str, _Dest]] = {}
         self._heap: list[tuple[float, int, _Dest]] = []
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -147,10 +115,10 @@ class TrunkWatcher:
         p = self._udp.get(source)
         if p is None:
             p = self._udp[source] = UdpProber(
-                user_agent=self.cfg.sip.user_agent,
+                user_agent=self.user_agent,
                 source_address=source[0],
                 source_port=source[1],
-                t1=self.cfg.sip.t1,
+                t1=self.t1,
                 clock=self.clock,
                 on_unmatched=self._on_unmatched,
             )
@@ -160,7 +128,7 @@ class TrunkWatcher:
         p = self._stream.get(source)
         if p is None:
             p = self._stream[source] = StreamProber(
-                user_agent=self.cfg.sip.user_agent,
+                user_agent=self.user_agent,
                 source_address=source[0],
                 source_port=source[1],
                 clock=self.clock,
@@ -181,15 +149,16 @@ class TrunkWatcher:
         for s in self._stream.values():
             s.close()
 
-    async def run(self, supervise: Callable[..., Any]) -> None:
+    async def run(self) -> None:
         """Resolve every trunk, then probe; only DNS-named trunks keep a task (re-resolving)."""
         self._loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
-            for plan in plans(self.cfg):
+            for plan in self.plans:
                 if _is_ip(plan.uri.host):
                     await self._resolve(plan)  # no DNS: immediate, and never again
                 else:
-                    tg.create_task(supervise(f"dns {plan.name}", partial(self._dns_loop, plan)))
+                    loop = partial(self._dns_loop, plan)
+                    tg.create_task(supervise(f"dns {plan.name}", loop, self.log))
             await asyncio.Event().wait()  # the heap and the DNS loops do the work
 
     async def _dns_loop(self, plan: TrunkPlan) -> None:
@@ -277,7 +246,7 @@ class TrunkWatcher:
     def _start(self, d: _Dest) -> None:
         if d.dest is None:
             outcome = ProbeOutcome(
-                self.clock(), "dns", detail=self._dns_error.get(d.plan.target, "")
+                self.clock(), Outcome.DNS, detail=self._dns_error.get(d.plan.target, "")
             )
             self._loop.call_soon(self._done, d, outcome)  # type: ignore[union-attr]
             return
@@ -301,7 +270,7 @@ class TrunkWatcher:
         exc = task.exception()
         if exc is not None:  # a prober bug must not stop probing; it is a failure
             self.log.error("probe crashed", trunk=d.plan.name, dest=d.key, error=repr(exc))
-            self._done(d, ProbeOutcome(self.clock(), "send_error", detail=str(exc)))
+            self._done(d, ProbeOutcome(self.clock(), Outcome.SEND_ERROR, detail=str(exc)))
         else:
             self._done(d, task.result())
 

@@ -1,0 +1,79 @@
+"""The MQTT session: state out for peers and operators, sensor topics in (section `mqtt`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, SecretStr, model_validator
+
+from trunkguard.bus.mqtt import MqttSettings
+from trunkguard.features.base import Feature
+from trunkguard.schema import Duration, Lines, Name, Strict
+
+if TYPE_CHECKING:
+    from trunkguard.config import Config
+
+
+class MqttTls(Strict):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttConfig(Strict):
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    client_id: str | None = None
+    prefix: Name = "trunkguard"
+    keepalive: Duration = 10.0
+    tls: MqttTls | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return Path(self.password_file).read_text().strip()
+        return None
+
+    def settings(self, site: str, node: str) -> MqttSettings:
+        tls = self.tls
+        return MqttSettings(
+            host=self.host,
+            port=self.port,
+            site=site,
+            node=node,
+            prefix=self.prefix,
+            username=self.username,
+            password=self.secret(),
+            client_id=self.client_id,
+            keepalive=self.keepalive,
+            tls_ca_file=tls.ca_file if tls else None,
+            tls_cert_file=tls.cert_file if tls else None,
+            tls_key_file=tls.key_file if tls else None,
+            tls_insecure=tls.insecure if tls else False,
+            tls=tls is not None,
+        )
+
+
+class Mqtt(Feature):
+    name = "mqtt"
+
+    def check(self, cfg: Config, lines: Lines) -> list[str]:
+        m = cfg.mqtt
+        if m and m.password_file and not Path(m.password_file).is_file():
+            return [lines.problem(("mqtt", "password_file"), f"cannot read {m.password_file}")]
+        return []
+
+
+FEATURE = Mqtt()

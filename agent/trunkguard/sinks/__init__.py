@@ -1,0 +1,1 @@
+"""Sinks: what the shell does with the core's events (log, metrics, MQTT, intent, latency)."""

@@ -1,0 +1,81 @@
+"""The log: one structured line per transition, decision, sensor and site change, and
+per failed or drift-repairing actuator run."""
+
+from __future__ import annotations
+
+from structlog.typing import FilteringBoundLogger
+
+from trunkguard.act.converge import ApplyReport
+from trunkguard.core.events import (
+    Decision,
+    DestTransition,
+    Level,
+    SensorChange,
+    SiteChange,
+    SiteState,
+    Transition,
+)
+from trunkguard.hub import Hub
+
+_ALARMS = (Level.WARN, Level.CRITICAL, Level.STALE)
+
+
+class LogSink:
+    def __init__(self, hub: Hub, log: FilteringBoundLogger) -> None:
+        self.log = log
+        hub.subscribe(Transition, self.transition)
+        hub.subscribe(DestTransition, self.dest_transition)
+        hub.subscribe(SensorChange, self.sensor)
+        hub.subscribe(SiteChange, self.site)
+        hub.subscribe(Decision, self.decision)
+        hub.subscribe(ApplyReport, self.report)
+
+    def transition(self, t: Transition) -> None:
+        self.log.info(
+            "target transition",
+            target=str(t.target),
+            old=t.old.value,
+            new=t.new.value,
+            reason=t.reason,
+        )
+
+    def dest_transition(self, t: DestTransition) -> None:
+        self.log.info(
+            "destination transition",
+            target=str(t.target._replace(dest="")),
+            dest=t.target.dest,
+            old=t.old.value,
+            new=t.new.value,
+            reason=t.reason,
+        )
+
+    def sensor(self, c: SensorChange) -> None:
+        log = self.log.warning if c.new in _ALARMS else self.log.info
+        log("sensor", sensor=c.sensor, old=c.old.value, new=c.new.value, reason=c.reason)
+
+    def site(self, c: SiteChange) -> None:
+        log = self.log.error if c.new is SiteState.EVACUATING else self.log.warning
+        log("site", old=c.old.value, new=c.new.value, reason=c.reason, forced=c.forced)
+
+    def decision(self, d: Decision) -> None:
+        self.log.warning(
+            "route change",
+            group=d.group,
+            old=None if d.old is None else str(d.old),
+            new=str(d.new),
+            kind=d.kind.value,
+            reason=d.reason,
+        )
+
+    def report(self, r: ApplyReport) -> None:
+        if not r.ok:
+            self.log.error(
+                "actuator failed, will retry",
+                actuator=r.actuator,
+                reason=r.error_reason,
+                error=r.error,
+                attempt=r.attempt,
+                groups=sorted(r.failed_groups) or "all",
+            )
+        elif r.trigger == "drift" and r.changed:
+            self.log.warning("routing drifted and was re-applied", actuator=r.actuator)

@@ -1,0 +1,153 @@
+"""JSON documents of the core's view, for MQTT and `trunkguard status`.
+
+Pure functions: they read the engine (never change it) and the facts the shell
+passes in; building a document changes nothing, so a status request and a
+publication see the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trunkguard import __version__
+from trunkguard.core.engine import Engine
+from trunkguard.core.events import ProbeOutcome, State
+from trunkguard.core.ids import TargetId
+from trunkguard.core.sensor import SensorHealth
+
+Json = dict[str, Any]
+SCHEMA = 1
+
+
+class Wall:
+    """Monotonic times shown as UTC wall-clock timestamps."""
+
+    def __init__(self, mono_now: float, wall_now: float) -> None:
+        self.offset = wall_now - mono_now
+
+    def __call__(self, mono: float) -> str:
+        t = mono + self.offset
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the shell knows beside the core: who we are, last probes, actuators, MQTT."""
+
+    site: str
+    node: str
+    started: float
+    wall: Callable[[float], str]
+    probes: Mapping[TargetId, ProbeOutcome]
+    actuators: Mapping[str, bool]  # name -> converged
+    mqtt: bool | None  # connected; None without MQTT
+
+
+def target(engine: Engine, tid: TargetId, f: Facts) -> Json:
+    if tid not in engine.targets:
+        return link(engine, tid, f)
+    th = engine.targets[tid]
+    out: Json = {"state": th.state.value, "since": f.wall(th.since), "reason": th.reason}
+    o = f.probes.get(tid)
+    if o is not None:
+        out["last_code"] = o.code
+        out["last_rtt_ms"] = None if o.rtt is None else round(o.rtt * 1000, 2)
+    if th.hold_until:
+        out["hold_until"] = f.wall(th.hold_until)
+    if len(th.dests) > 1 or any(th.dests):
+        out["healthy_when"] = str(th.quorum)
+        out["targets"] = {
+            k: {"state": d.state.value, "reason": d.reason} for k, d in th.dests.items()
+        }
+    return out
+
+
+def link(engine: Engine, tid: TargetId, f: Facts) -> Json:
+    lh = engine.links[tid]
+    out: Json = {
+        "state": lh.state.value,
+        "since": f.wall(lh.since),
+        "reason": lh.reason,
+        "kernel": lh.seen.value,
+    }
+    if lh.seen_reason:
+        out["kernel_reason"] = lh.seen_reason
+    due = lh.due()
+    if due is not None:
+        out["settles_at"] = f.wall(due)
+    return out
+
+
+def sensor(sh: SensorHealth, now: float, f: Facts) -> Json:
+    ttc = sh.time_to_critical(now)
+    rate = sh.rate_per_minute()
+    return {
+        "state": sh.level.value,
+        "since": f.wall(sh.since),
+        "reason": sh.reason,
+        "value": sh.value,
+        "unit": sh.spec.unit,
+        "read_at": None if sh.last_at is None else f.wall(sh.last_at),
+        "rate_per_minute": None if rate is None else round(rate, 3),
+        "time_to_critical_s": None if ttc is None else round(ttc, 1),
+        "error": sh.error or None,
+    }
+
+
+def site(engine: Engine, f: Facts) -> Json:
+    s = engine.site
+    return {
+        "state": s.state.value,
+        "since": f.wall(s.since),
+        "reason": s.reason,
+        "forced": s.forced,
+        "rule_holds": s.holding,
+        "return": s.spec.return_mode,
+        "hold_s": s.spec.hold,
+    }
+
+
+def route(engine: Engine, group: str) -> Json:
+    g = engine.groups[group]
+    states = engine.states()
+    return {
+        "active": None if g.active is None else str(g.active),
+        "active_paths": list(g.members()),
+        "mode": g.spec.mode.value,
+        "pinned": g.pinned,
+        "evacuated": g.evacuated,
+        "alarm": g.alarm,
+        "ready": g.ready,
+        "failback": g.spec.failback.value,
+        "hold_s": g.spec.hold,
+        "paths": [
+            {
+                "name": p.name,
+                "remote": p.remote,
+                "requires": [str(t) for t in p.requires],
+                "qualifies": all(states.get(t) is State.UP for t in p.requires),
+            }
+            for p in g.spec.paths
+        ],
+    }
+
+
+def snapshot(engine: Engine, now: float, f: Facts) -> Json:
+    """The whole state, as `status` shows it and the retained `state` topic carries it."""
+    return {
+        "schema": SCHEMA,
+        "site": f.site,
+        "node": f.node,
+        "version": __version__,
+        "uptime_s": round(now - f.started, 1),
+        "targets": {str(t): target(engine, t, f) for t in engine.targets},
+        "links": {str(t): link(engine, t, f) for t in engine.links},
+        "sensors": {n: sensor(sh, now, f) for n, sh in engine.sensors.items()},
+        "evacuation": site(engine, f),
+        "routes": {g: route(engine, g) for g in engine.groups},
+        "actuators": {name: {"converged": ok} for name, ok in f.actuators.items()},
+        "mqtt": None if f.mqtt is None else {"connected": f.mqtt},
+    }
