@@ -9,7 +9,6 @@ critical level, and the sensors going stale when the driver dies.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,16 +49,6 @@ def source(nut: NutServer, **kw: object) -> NutSource:
     )
 
 
-def connections(port: int) -> int:
-    out = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return len(out.splitlines())
-
-
 async def test_numbers_flags_and_a_lost_driver_over_one_connection(nut: NutServer) -> None:
     seen: asyncio.Queue[Seen] = asyncio.Queue()
     plans = [
@@ -91,7 +80,7 @@ async def test_numbers_flags_and_a_lost_driver_over_one_connection(nut: NutServe
         assert "ups1 has no variable battery.voltage" in last["no-such-var"][2]
         assert "UNKNOWN-UPS" in last["no-such-ups"][2]
         # Every sensor of this server is read over one connection.
-        assert connections(nut.port) == 1
+        assert procs.established(nut.port) == 1
 
         await asyncio.to_thread(nut.set_vars, ups_status="OB DISCHRG", battery_runtime="900")
         await until(values(**{"on-battery": True, "runtime": 900.0}), "on battery")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -53,17 +52,6 @@ def mtls_carrier(tmp_path_factory: pytest.TempPathFactory, pki: TlsFiles) -> Ite
         yield k
 
 
-def established(port: int) -> int:
-    """Established TCP connections towards port, as the kernel sees them."""
-    out = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return len(out.splitlines())
-
-
 async def test_udp_options_to_kamailio(carrier: Kamailio) -> None:
     async with UdpProber(user_agent=UA) as prober:
         out = await prober.probe(
@@ -90,7 +78,7 @@ async def test_tcp_options_and_connection_reuse(carrier: Kamailio) -> None:
         )
         assert [o.code for o in more] == [200] * 5  # several outstanding on one connection
         assert prober.connections == 1
-        assert established(port) == 1
+        assert procs.established(port) == 1
         assert prober.outstanding == 0
     # Kamailio may keep its side a moment; our side must be gone at once
     assert prober.connections == 0

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from tests.lib import procs
 
 UPSD = "/lib/nut/upsd"
 DUMMY_UPS = "/lib/nut/dummy-ups"
@@ -35,14 +36,6 @@ def _quote(value: str) -> str:
     if re.search(r'["\\#\x00-\x1f\x7f]', value):
         raise ValueError(f"NUT cannot carry a quote, backslash, # or control char: {value!r}")
     return f'"{value}"'
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class NutServer:
@@ -83,9 +76,7 @@ class NutServer:
 
         maxage: upsd's MAXAGE, seconds without driver updates before ERR DATA-STALE.
         """
-        with socket.socket() as s:
-            s.bind((cls.host, 0))
-            port = int(s.getsockname()[1])
+        port = procs.free_port(socket.SOCK_STREAM, cls.host)
         tmp = tmp / f"nut_{port}"
         (tmp / "state").mkdir(mode=0o700, parents=True)
         srv = cls(tmp, ups, user, password, port)
@@ -109,7 +100,7 @@ class NutServer:
             sock = tmp / "state" / f"dummy-ups-{ups}"
             driver = srv.driver
             assert driver is not None
-            _wait(lambda: sock.exists() or driver.poll() is not None, timeout, "dummy-ups")
+            procs.wait_for(lambda: sock.exists() or driver.poll() is not None, timeout, "dummy-ups")
             srv._check_alive(driver, "dummy-ups")
             srv.upsd = srv._spawn([UPSD, *srv._as, "-F"], "upsd.log")
             srv._wait_vars(timeout)
@@ -176,7 +167,9 @@ class NutServer:
             self.driver.wait(timeout)
             self.driver = None
         if wait:
-            _wait(lambda: self._error() == "ERR DRIVER-NOT-CONNECTED", timeout, "upsd to notice")
+            procs.wait_for(
+                lambda: self._error() == "ERR DRIVER-NOT-CONNECTED", timeout, "upsd to notice"
+            )
 
     def signal_driver(self, sig: int) -> None:
         """E.g. SIGSTOP: upsd answers ERR DATA-STALE about `maxage` s later; SIGCONT heals."""
@@ -194,13 +187,8 @@ class NutServer:
     def stop(self) -> None:
         """Stop upsd and the driver (by their PIDs, SIGTERM then SIGKILL); idempotent."""
         for proc in (self.upsd, self.driver):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            if proc is not None:
+                procs.stop(proc)
         self.upsd = self.driver = None
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -234,4 +222,4 @@ class NutServer:
                 return False
             return all(got.get(k, "") == v for k, v in self.vars.items())
 
-        _wait(ready, timeout, f"upsd on {self.host}:{self.port} to serve {self.vars}")
+        procs.wait_for(ready, timeout, f"upsd on {self.host}:{self.port} to serve {self.vars}")

@@ -44,6 +44,17 @@ def tcp_listening(port: int, netns: str | None = None) -> bool:
     return bool(out.strip())
 
 
+def established(port: int) -> int:
+    """Established TCP connections towards port, as the kernel sees them."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return len(out.splitlines())
+
+
 def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 5) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
