@@ -207,7 +207,7 @@ class FailureLog:
         )
 
     def _count(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if event["event"] == "mqtt.connect_failed":
+        if event["event"] == "mqtt connect failed":
             self.attempts -= 1
             if self.attempts <= 0:
                 self.enough.set()
@@ -231,7 +231,7 @@ async def test_wrong_password_retries_without_raising_or_leaking(
     assert "wrong-" not in repr(wrong) and PASSWORD not in repr(wrong)
     caplog.set_level(logging.DEBUG)
     text = await FailureLog(attempts=3).run_until_failed(wrong)
-    assert text.count("mqtt.connect_failed") >= 3
+    assert text.count("mqtt connect failed") >= 3
     assert "not authori" in text.lower()
     assert PASSWORD not in text and PASSWORD not in caplog.text
 

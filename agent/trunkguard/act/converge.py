@@ -193,15 +193,18 @@ class Converger:
             error=error,
             failed_groups=failed_groups,
         )
-        if ok:
-            log.info("%s: %s applied=%s (%s)", report.actuator, dict(desired), changed, trigger)
-        else:
-            log.warning("%s: attempt %d failed (%s): %s", report.actuator, attempt, reason, error)
-        if self._on_report is not None:
-            try:
-                self._on_report(report)
-            except Exception:
-                log.exception("on_report callback failed")
+        if self._on_report is None:  # nobody else tells: say it here
+            if ok:
+                log.info("%s: %s applied=%s (%s)", report.actuator, dict(desired), changed, trigger)
+            else:
+                log.warning(
+                    "%s: attempt %d failed (%s): %s", report.actuator, attempt, reason, error
+                )
+            return
+        try:
+            self._on_report(report)
+        except Exception:
+            log.exception("on_report callback failed")
 
 
 def _really_cancelled() -> bool:

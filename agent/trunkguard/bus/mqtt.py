@@ -139,7 +139,7 @@ class MqttPublisher:
                 raise ValueError("status is reserved for online/offline")
             topic, data = self.topic(subtopic), encode(payload)
         except Exception as exc:  # the caller's bug must not take down the caller
-            self._log.warning("mqtt.publish_rejected", subtopic=subtopic, error=str(exc))
+            self._log.warning("mqtt publish rejected", subtopic=subtopic, error=str(exc))
             return
         if retain:
             self._retained[topic] = data
@@ -148,7 +148,7 @@ class MqttPublisher:
             if len(self._queue) == self._queue.maxlen:
                 self._dropped += 1
                 if self._dropped == 1 or self._dropped % 1000 == 0:
-                    self._log.warning("mqtt.queue_full", dropped=self._dropped)
+                    self._log.warning("mqtt queue full", dropped=self._dropped)
             self._queue.append((topic, data))
         self._wake.set()
 
@@ -175,10 +175,10 @@ class MqttPublisher:
                         self._set_connected(True)
                         delay = s.backoff_initial
                         self._paho.take()  # stale detail from before this connection
-                        self._log.info("mqtt.connected", base=self.base)
+                        self._log.info("mqtt connected", base=self.base)
                         await self._session(client)
                 except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS files unreadable
-                    event = "mqtt.disconnected" if self._connected else "mqtt.connect_failed"
+                    event = "mqtt disconnected" if self._connected else "mqtt connect failed"
                     self._set_connected(False)
                     detail = self._paho.take()
                     extra = {"detail": detail} if detail else {}
@@ -189,7 +189,7 @@ class MqttPublisher:
                     delay = min(delay * 2, s.backoff_max)
                 finally:
                     self._set_connected(False)
-            self._log.info("mqtt.stopped")
+            self._log.info("mqtt stopped")
         finally:
             self._finished.set()
 
@@ -204,7 +204,7 @@ class MqttPublisher:
         try:
             await asyncio.wait_for(self._finished.wait(), timeout)
         except TimeoutError:
-            self._log.warning("mqtt.stop_timeout", timeout=timeout)
+            self._log.warning("mqtt stop timeout", timeout=timeout)
             task.cancel()
 
     def _client(self) -> aiomqtt.Client:
@@ -289,7 +289,7 @@ class MqttPublisher:
         for topic in sorted(wanted - self._subscribed):
             await self._guard(client.subscribe(topic, qos=1), watcher)
             self._subscribed.add(topic)
-            self._log.info("mqtt.subscribed", topic=topic)
+            self._log.info("mqtt subscribed", topic=topic)
         for topic in sorted(self._subscribed - wanted):
             await self._guard(client.unsubscribe(topic), watcher)
             self._subscribed.discard(topic)
@@ -306,7 +306,7 @@ class MqttPublisher:
             try:
                 handler(topic, bytes(data))
             except Exception as exc:  # a handler's bug must not end the session
-                self._log.warning("mqtt.handler_failed", topic=topic, error=repr(exc))
+                self._log.warning("mqtt handler failed", topic=topic, error=repr(exc))
 
     async def _send_next(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> bool:
         """Send one pending message; False when nothing is pending."""
@@ -342,7 +342,7 @@ class MqttPublisher:
             try:
                 self._on_connected(value)
             except Exception as exc:
-                self._log.warning("mqtt.on_connected_failed", error=repr(exc))
+                self._log.warning("mqtt on_connected callback failed", error=repr(exc))
 
 
 class _PahoDetail(logging.Handler):
