@@ -25,6 +25,7 @@ from tests.lib.netns import Netns, namespaces, veth
 from tests.lib.sipp import options_responder
 from trunkguard.core.classify import OkCodes, classify
 from trunkguard.core.events import ProbeOutcome
+from trunkguard.sip.message import parse_request
 from trunkguard.sip.ping import ping
 from trunkguard.sip.prober import UdpProber
 from trunkguard.sip.uas import OptionsResponder
@@ -826,3 +827,59 @@ async def test_on_done_may_close_the_prober() -> None:
         == [("send_error", "prober closed")]
         for i in range(3)
     )
+
+
+class FirstCopyLost(OptionsResponder):
+    """A carrier behind a path that, while `lossy`, loses the first copy of a request."""
+
+    def __init__(self, code: int = 200) -> None:
+        super().__init__(code)
+        self.lossy = False
+        self.seen: set[str] = set()
+        self.copies = 0  # datagrams that reached us, lost or not
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.copies += 1
+        request = parse_request(data)
+        branch = request.via_branch if request else None
+        if self.lossy and branch is not None and branch not in self.seen:
+            self.seen.add(branch)
+            return  # lost on the way
+        super().datagram_received(data, addr)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+async def test_the_retransmission_interval_follows_the_rtt(adaptive: bool) -> None:
+    """RFC 3261's fixed T1 (500 ms, the deadline) resends nothing in time: a path that
+    loses one datagram fails every probe. Learnt from a clean answer (RFC 6298, rounded
+    to T1/2^k, floor min_t1), the first copy is resent after 62.5 ms and the probe
+    lives; timeouts back the interval off again (125, 250, 500 ms: 3, 2, 1 copies)."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(FirstCopyLost, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    carrier: FirstCopyLost = transport.get_protocol()  # type: ignore[assignment]
+    min_t1 = 0.05 if adaptive else 0.5
+    try:
+        async with UdpProber(user_agent="trunkguard-test", t1=0.5, min_t1=min_t1) as p:
+
+            async def probe() -> tuple[ProbeOutcome, float, int]:
+                start, copies = loop.time(), carrier.copies
+                out = await p.probe("127.0.0.1", port, request_uri="sip:c", timeout=0.5)
+                return out, loop.time() - start, carrier.copies - copies
+
+            clean, _, _ = await probe()
+            assert clean.reason == "response"
+            carrier.lossy = True
+            for _ in range(3):  # an answer to a resent copy is no RTT sample (Karn)
+                out, took, copies = await probe()
+                if not adaptive:
+                    assert out.reason == "timeout" and copies == 1
+                    continue
+                assert out.reason == "response", out
+                assert 0.06 <= took < 0.2 and copies == 2, (took, copies)
+            if adaptive:
+                carrier.silent = True
+                backoff = [(await probe())[2] for _ in range(4)]
+                assert backoff == [4, 3, 2, 1]  # 62.5 ms, then backed off per timeout
+    finally:
+        transport.close()

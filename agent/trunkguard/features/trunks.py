@@ -128,6 +128,9 @@ class SipSettings(Strict):
     source_port: int = Field(0, ge=0, le=65535)
     user_agent: str = f"trunkguard/{__version__}"
     t1: Duration = 0.5
+    # UDP: retransmit after the measured RTT allows (RFC 6298), no sooner than this;
+    # min_t1 = t1 keeps RFC 3261's fixed Timer E.
+    min_t1: Duration = 0.05
     tls: TlsConfig | None = None  # default for TLS trunks without their own
     dns: DnsSettings = Field(default_factory=DnsSettings)
 
@@ -261,6 +264,7 @@ class Trunks(Feature):
             ),
             user_agent=sip.user_agent,
             t1=sip.t1,
+            min_t1=sip.min_t1,
             health=hub.engine.targets.get,
             on_result=on_result,
             on_dests=on_dests,

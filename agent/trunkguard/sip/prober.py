@@ -61,6 +61,7 @@ _HOSTS = 65536  # IP literals remembered in normalised form
 _DESTS = 65536  # prepared destinations (address, socket, message template) remembered
 _LANES = 64  # distinct timer delays served by lanes; more get a loop timer each
 _RCVBUF = 4 << 20  # bursts of answers from 10k trunks must not overflow the socket
+_RTO_GRANULARITY = 0.01  # RFC 6298's G: never closer than this to the smoothed RTT
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 
 Addr = tuple[str, int]
@@ -79,6 +80,8 @@ class _Probe:
     deadline: float  # loop time
     budget: float
     interval: float
+    rto: Rto
+    resent: bool = False  # a copy went out again: its answer is no RTT sample (Karn)
     proceeding: bool = False  # a 1xx arrived: retransmit every T2 (RFC 3261 17.1.2.2)
     done: bool = False
     next_tx: float = math.inf  # loop time of the next retransmission (Timer E), if any
@@ -106,6 +109,41 @@ class _Lane:
         self.handle: asyncio.TimerHandle | None = None
 
 
+class Rto:
+    """When to send a probe's first retransmission, learnt from the destination's RTT.
+
+    RFC 6298's estimator (SRTT + 4 RTTVAR, Karn: no sample from a retransmitted probe,
+    back off on a timeout), rounded up to T1/2^k and kept within [min_t1, T1]. A LAN
+    carrier answering in 1 ms is asked again after 62.5 ms (T1 500 ms), so three
+    copies fit into a 500 ms deadline and one lost datagram no longer fails the probe;
+    a dead one backs off to T1, a single copy per probe. Until the first answer: T1.
+    """
+
+    __slots__ = ("rto", "rttvar", "srtt", "steps")
+
+    def __init__(self, t1: float, min_t1: float) -> None:
+        self.steps = [t1 / 2**k for k in range(8) if t1 / 2**k >= min_t1] or [t1]
+        self.rto = t1
+        self.srtt = self.rttvar = -1.0
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt < 0:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        want = self.srtt + max(_RTO_GRANULARITY, 4 * self.rttvar)
+        rto = self.steps[0]
+        for step in self.steps:  # longest first: stop at the shortest one still >= want
+            if step < want:
+                break
+            rto = step
+        self.rto = rto
+
+    def timed_out(self) -> None:
+        self.rto = min(self.rto * 2, self.steps[0])
+
+
 @dataclass(eq=False, slots=True)
 class _Dest:
     """Everything about a destination that does not change from one probe to the next."""
@@ -114,6 +152,7 @@ class _Dest:
     sock: socket.socket
     template: OptionsTemplate
     expires: float  # our clock: the local address is re-learned then (routes change)
+    rto: Rto
 
 
 def icmp_meaning(origin: int, icmp_type: int, code: int) -> tuple[Outcome, str] | None:
@@ -181,6 +220,7 @@ class UdpProber:
         source_port: int = 0,
         t1: float = 0.5,
         t2: float = 4.0,
+        min_t1: float | None = None,  # below t1: retransmit sooner, as the RTT allows
         clock: Callable[[], float] = time.monotonic,
         on_unmatched: Callable[[str], None] | None = None,
     ) -> None:
@@ -190,6 +230,7 @@ class UdpProber:
         self._source_port = source_port
         self._user_agent = user_agent
         self._t1, self._t2 = t1, t2
+        self._min_t1 = t1 if min_t1 is None else min(max(min_t1, 0.001), t1)
         self._clock = clock
         self._on_unmatched = on_unmatched
         self._socks: dict[int, socket.socket] = {}
@@ -386,7 +427,8 @@ class UdpProber:
             sent_at=now,
             deadline=deadline,
             budget=budget,
-            interval=self._t1,
+            interval=dest.rto.rto,
+            rto=dest.rto,
         )
         self._pending[branch] = p
         self._transmit(p)
@@ -441,8 +483,10 @@ class UdpProber:
             user_agent=self._user_agent,
             call_id_host=me,
         )
-        dest = _Dest(addr, sock, template, expires)
         key = (host, port, request_uri, to_uri)
+        old = self._dests.get(key)
+        rto = old.rto if old is not None else Rto(self._t1, self._min_t1)
+        dest = _Dest(addr, sock, template, expires, rto)
         if key not in self._dests and len(self._dests) >= _DESTS:
             del self._dests[next(iter(self._dests))]  # the oldest
         self._dests[key] = dest
@@ -546,7 +590,7 @@ class UdpProber:
             if p is None:  # finished already: nothing to cancel, it is just skipped
                 continue
             if is_deadline:
-                self._finish(p, self._timeout_outcome(p.budget))
+                self._timed_out(p)
             elif due == p.next_tx:
                 self._retransmit(p, loop, now)
         if self._closed:
@@ -569,8 +613,9 @@ class UdpProber:
 
     def _retransmit(self, p: _Probe, loop: asyncio.AbstractEventLoop, now: float) -> None:
         if now >= p.deadline:  # woken late: the deadline has passed, send nothing more
-            self._finish(p, self._timeout_outcome(p.budget))
+            self._timed_out(p)
             return
+        p.resent = True
         self._transmit(p)
         if not p.done:
             p.interval = self._t2 if p.proceeding else min(p.interval * 2, self._t2)
@@ -583,6 +628,11 @@ class UdpProber:
 
     def _expire(self, p: _Probe) -> None:
         p.deadline_timer = None
+        self._timed_out(p)
+
+    def _timed_out(self, p: _Probe) -> None:
+        if not p.done:
+            p.rto.timed_out()
         self._finish(p, self._timeout_outcome(p.budget))
 
     # --- ending a probe ----------------------------------------------------------------------
@@ -694,6 +744,8 @@ class UdpProber:
             p.proceeding = True
             return None
         now = self._clock()
+        if not p.resent:
+            p.rto.sample(now - p.sent_at)
         retry = float(resp.retry_after) if resp.retry_after is not None else None
         self._finish(
             p,

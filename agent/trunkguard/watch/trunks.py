@@ -81,6 +81,7 @@ class TrunkWatcher:
         resolver: SipResolver,
         user_agent: str,
         t1: float,
+        min_t1: float,
         health: Callable[[TargetId], TrunkHealth | None],
         on_result: ResultSink,
         on_dests: DestSink,
@@ -90,7 +91,7 @@ class TrunkWatcher:
         clock: Callable[[], float],
     ) -> None:
         self.plans = plans
-        self.user_agent, self.t1 = user_agent, t1
+        self.user_agent, self.t1, self.min_t1 = user_agent, t1, min_t1
         self.resolver = resolver
         self.health = health
         self.on_result = on_result
@@ -119,6 +120,7 @@ class TrunkWatcher:
                 source_address=source[0],
                 source_port=source[1],
                 t1=self.t1,
+                min_t1=self.min_t1,
                 clock=self.clock,
                 on_unmatched=self._on_unmatched,
             )
