@@ -29,6 +29,9 @@ __all__ = ["DEFAULT_PATH", "Config", "ConfigError", "load_config", "parse_config
 
 DEFAULT_PATH = "/etc/trunkguard/trunkguard.yaml"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Aliases share nodes; expanded, a "billion laughs" file has 10^9 of them. 10,000 trunks
+# take about 60,000.
+MAX_NODES = 1_000_000
 
 
 class Config(Strict):
@@ -77,11 +80,45 @@ def _pydantic_msg(err: Any) -> str:
     return str(msg)
 
 
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document would have with every alias expanded, computed without
+    expanding (each shared node counted once per use); ValueError past MAX_NODES or
+    for an alias that contains itself."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ValueError(f"an alias contains itself (line {node.start_mark.line + 1})")
+        open_.add(key)
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n += sum(size(v) for v in node.value)
+        if n > MAX_NODES:
+            raise ValueError(f"more than {MAX_NODES:,} values once aliases are expanded")
+        open_.discard(key)
+        sizes[key] = n
+        return n
+
+    return size(root)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         # One parse (libyaml when present): the node tree gives line numbers and the data.
         root = yaml.compose(text, Loader=_LOADER)
+        if root is not None:
+            _expanded_size(root)
         data = None if root is None else yaml.constructor.SafeConstructor().construct_document(root)
+    except ValueError as e:
+        raise ConfigError([f"{source}: refused: {e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: refused: nested too deeply"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
