@@ -246,6 +246,17 @@ async def test_command_values_in_a_minimal_environment(
     await w.sample("room", lambda e: e[1] == 23.0)
 
 
+async def test_an_implausible_reading_is_a_read_error(tmp_path: Path, watches: list[Watch]) -> None:
+    value = tmp_path / "value"
+    write(value, "1e28\n")
+    room = script(tmp_path, "room.sh", f'cat "{value}"\n')
+    w = start(watches, [plan("room", CommandSource(argv=room), plausible=(-60, 200), unit="C")])
+    _, v, _, error = await w.sample("room", failed)
+    assert v is None and error == "implausible reading 1e+28C (plausible: -60 to 200)"
+    write(value, "24\n")
+    await w.sample("room", lambda e: e[1] == 24.0)
+
+
 async def test_one_program_run_serves_every_sensor_reading_it(
     tmp_path: Path, watches: list[Watch]
 ) -> None:

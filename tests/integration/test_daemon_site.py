@@ -129,6 +129,25 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
                     mark,
                 )
                 assert err["sensor"] == "room-a" and "bms/dc1/room-a" in err["error"]
+                # Refused before parsing: an oversized payload; and a reading no room can
+                # have (a forged 10^28 C) is a read error, never critical.
+                hostile = (
+                    (b"9" * 5000, "payload of 5000 bytes (max_payload 4096)"),
+                    (json.dumps({"data": {"temp": 1e28}}).encode(), "implausible reading"),
+                )
+                for payload, want in hostile:
+                    mark = agent.mark()
+                    await bms.publish("bms/dc1/room-a", payload, qos=1)
+                    err = await asyncio.to_thread(
+                        wait,
+                        lambda e: e.get("event") == "sensor read failed",
+                        10,
+                        want,
+                        mark,
+                    )
+                    assert want in err["error"], err
+                agent.drain()
+                assert not [e for e in agent.events if site("evacuating")(e)]  # type: ignore[operator]
 
                 # The chiller stops; room A climbs 1 °C/s from 22 °C (sampled every 200 ms).
                 await bms.publish("bms/dc1/chiller", b"false", qos=1)

@@ -32,6 +32,8 @@ class MqttConfig(Strict):
     prefix: Name = "trunkguard"
     keepalive: Duration = 10.0
     tls: MqttTls | None = None
+    # Bigger payloads on subscribed topics are read errors, refused before parsing.
+    max_payload: int = Field(4096, ge=16, le=1 << 20)
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:

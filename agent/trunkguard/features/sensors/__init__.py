@@ -19,7 +19,7 @@ from trunkguard.features.sensors.mqtt import MqttSource
 from trunkguard.features.sensors.nut import NutSource
 from trunkguard.features.sensors.poller import SensorPlan, SensorWatcher
 from trunkguard.features.sensors.programs import CommandSource, IpmiSource, LmSensorsSource
-from trunkguard.features.sensors.source import Source
+from trunkguard.features.sensors.source import ANY_UNIT, PLAUSIBLE, Source, implausible
 from trunkguard.features.sensors.sysfs import HwmonSource, ThermalSource
 from trunkguard.schema import Duration, Lines, Strict
 from trunkguard.watch.sensor_parse import SensorReadError
@@ -50,6 +50,7 @@ class SensorConfig(Strict):
     window: Duration = 300.0
     warn_when: bool | None = None
     critical_when: bool | None = None
+    plausible: tuple[float, float] | None = None  # default: by unit (°C: -60 to 200)
 
     @classmethod
     def sources(cls) -> list[str]:
@@ -78,7 +79,18 @@ class SensorConfig(Strict):
                     raise ValueError(f"warn must be {side} critical (direction {self.direction})")
         if self.source.group() is not None and self.stale_after <= self.poll_interval:
             raise ValueError("stale_after must be longer than interval")
+        low, high = self.bounds
+        if not low < high:
+            raise ValueError("plausible must be [lowest, highest], lowest first")
+        for what in ("warn", "critical"):
+            limit = getattr(self, what)
+            if limit is not None and not low <= limit <= high:
+                raise ValueError(f"{what} {limit:g} is outside plausible {low:g} to {high:g}")
         return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.plausible or PLAUSIBLE.get(self.unit.strip(), ANY_UNIT)
 
     def core_spec(self, name: str) -> SensorSpec:
         return SensorSpec(
@@ -100,7 +112,9 @@ class SensorConfig(Strict):
         return self.interval or self.source.default_interval
 
     def plan(self, name: str) -> SensorPlan:
-        return SensorPlan(name, self.source, self.kind, self.poll_interval, self.timeout)
+        return SensorPlan(
+            name, self.source, self.kind, self.poll_interval, self.timeout, self.bounds, self.unit
+        )
 
 
 def _is_source(annotation: object) -> bool:
@@ -140,10 +154,16 @@ class Sensors(Feature):
     def _pushed(self, ctx: Context, plan: SensorPlan) -> Callable[[str, bytes], None]:
         assert isinstance(plan.source, MqttSource)
         src, hub = plan.source, ctx.hub
+        limit = ctx.cfg.mqtt.max_payload if ctx.cfg.mqtt else 4096
 
         def handle(topic: str, payload: bytes) -> None:
             try:
-                hub.sample(plan.name, src.parse(payload, plan.kind), hub.clock(), "")
+                if len(payload) > limit:
+                    raise SensorReadError(f"payload of {len(payload)} bytes (max_payload {limit})")
+                value = src.parse(payload, plan.kind)
+                if (why := implausible(value, plan.plausible, plan.unit)) is not None:
+                    raise SensorReadError(why)
+                hub.sample(plan.name, value, hub.clock(), "")
             except SensorReadError as e:
                 error = f"{topic}: {e}"
                 sh = hub.engine.sensors.get(plan.name)

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
 
-from trunkguard.features.sensors.source import Kind, Reader, Sample, Source
+from trunkguard.features.sensors.source import (
+    ANY_UNIT,
+    Kind,
+    Reader,
+    Sample,
+    Source,
+    implausible,
+)
 from trunkguard.obs.logging import get_logger
 from trunkguard.watch.sensor_parse import SensorReadError
 
@@ -31,6 +38,8 @@ class SensorPlan:
     kind: Kind = "number"
     interval: float = 10.0
     timeout: float = 5.0
+    plausible: tuple[float, float] = ANY_UNIT
+    unit: str = ""
 
     def __post_init__(self) -> None:
         if not self.interval > 0 or not self.timeout > 0:
@@ -108,6 +117,8 @@ class SensorWatcher:
         for p, outcome in zip(g.plans, outcomes, strict=True):
             if isinstance(outcome, SensorReadError):
                 self._report(p, None, at, str(outcome))
+            elif (why := implausible(outcome, p.plausible, p.unit)) is not None:
+                self._report(p, None, at, why)
             else:
                 self._report(p, outcome, at, "")
 

@@ -19,6 +19,28 @@ Sample = float | bool
 Outcome = Sample | SensorReadError  # one per sensor of a read
 
 
+# Readings a working sensor of this unit can give; beyond them the sensor is broken
+# (a room at 10^28 °C is a failed probe, not a fire), never "critical".
+PLAUSIBLE = {
+    "°C": (-60.0, 200.0),
+    "C": (-60.0, 200.0),
+    "°F": (-80.0, 400.0),
+    "%": (0.0, 100.0),
+    "s": (0.0, 10_000_000.0),
+    "V": (0.0, 100_000.0),
+    "W": (0.0, 10_000_000.0),
+    "rpm": (0.0, 100_000.0),
+}
+ANY_UNIT = (-1e9, 1e9)
+
+
+def implausible(value: Sample, bounds: tuple[float, float], unit: str) -> str | None:
+    """Why a reading cannot be true, or None."""
+    if isinstance(value, bool) or bounds[0] <= value <= bounds[1]:
+        return None
+    return f"implausible reading {value:g}{unit} (plausible: {bounds[0]:g} to {bounds[1]:g})"
+
+
 class Reader(Protocol):
     async def read(self, wanted: Sequence[tuple[Source, Kind]], timeout: float) -> list[Outcome]:
         """One read for a group: an outcome per (source, kind), never an exception."""
