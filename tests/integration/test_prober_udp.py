@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -368,6 +369,9 @@ async def test_silent_responder_times_out_then_recovers() -> None:
 
 
 async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
+    """A flood from anywhere is dropped before parsing (reason "source"); forged answers
+    from the carrier's own address (what a spoofer sends) are parsed and matched to
+    nothing. Every packet is counted, memory stays flat and the next probe succeeds."""
     port = procs.free_port()
     counts: Counter[str] = Counter()
     signal = Signal()
@@ -377,6 +381,8 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
         signal.bump()
 
     responder = await OptionsResponder.start("127.0.0.1", 0)
+    assert responder._transport is not None
+    spoofer = responder._transport  # sends from the carrier's address, like a forger
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     forged = (
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK%d\r\n"
@@ -390,10 +396,14 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
             for i in range(20_000):
-                flood.sendto(forged % i if i % 2 else b"\xff" * 200, ("127.0.0.1", port))
+                packet = forged % i if i % 2 else b"\xff" * 200
+                if i % 4 < 2:
+                    flood.sendto(packet, ("127.0.0.1", port))
+                else:
+                    spoofer.sendto(packet, ("127.0.0.1", port))
                 if i % 100 == 99:
                     await asyncio.sleep(0)  # let the prober read between bursts
-            await signal.until(lambda: counts.total() >= 10_000)
+            await signal.until(lambda: counts.total() >= 20_000)
             grown = tracemalloc.get_traced_memory()[0] - base
             tracemalloc.stop()
             out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
@@ -401,7 +411,7 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
         flood.close()
         responder.close()
     assert grown < 256 * 1024
-    assert set(counts) <= {"garbage", "branch"} and counts["garbage"] and counts["branch"]
+    assert counts == {"source": 10_000, "garbage": 5_000, "branch": 5_000}, counts
     assert (out.reason, out.code) == ("response", 200)
 
 
@@ -883,3 +893,61 @@ async def test_the_retransmission_interval_follows_the_rtt(adaptive: bool) -> No
                 assert backoff == [4, 3, 2, 1]  # 62.5 ms, then backed off per timeout
     finally:
         transport.close()
+
+
+def _forged_port_unreachable(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    """ICMP port unreachable about a datagram src -> dst, quoting only its UDP header
+    (what an off-path forger who guessed our port can build: no branch)."""
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + 8,
+        0,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(src[0]),
+        socket.inet_aton(dst[0]),
+    )
+    udp = struct.pack("!HHHH", src[1], dst[1], 8, 0)
+    body = b"\x00\x00\x00\x00" + ip + udp
+    header = struct.pack("!BBH", 3, 3, 0)
+    total = sum(struct.unpack(f"!{len(header + body) // 2}H", header + body))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return struct.pack("!BBH", 3, 3, ~total & 0xFFFF) + body
+
+
+async def test_a_forged_icmp_without_our_branch_fails_no_probe() -> None:
+    """The kernel hands us any ICMP error quoting our ports; one that does not quote the
+    probe's 96-bit branch could be forged by anyone, so it ends no probe: the deadline
+    decides (and a live carrier's answer still counts)."""
+    port = procs.free_port()
+    counts: Counter[str] = Counter()
+    responder = await OptionsResponder.start("127.0.0.1", 0)
+    responder.silent = True
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        async with UdpProber(
+            user_agent="trunkguard-test",
+            source_port=port,
+            on_unmatched=lambda r: counts.update([r]),
+        ) as prober:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            task = asyncio.create_task(
+                prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=0.5)
+            )
+            await asyncio.sleep(0.05)  # the probe is out (an observation point, not a sync)
+            forged = _forged_port_unreachable(("127.0.0.1", port), ("127.0.0.1", responder.port))
+            for _ in range(5):
+                raw.sendto(forged, ("127.0.0.1", 0))
+            out = await task
+            took = loop.time() - start
+    finally:
+        raw.close()
+        responder.close()
+    assert out.reason == "timeout" and took >= 0.45, (out, took)
+    assert counts["icmp"] >= 1, counts

@@ -241,6 +241,7 @@ class UdpProber:
         self._lanes: dict[float, _Lane] = {}
         self._hosts: dict[str, tuple[str, int]] = {}  # IP literal -> (normalised, family)
         self._dests: dict[tuple[str, int, str, str | None], _Dest] = {}
+        self._peers: set[Addr] = set()  # addresses we probe: nothing else is parsed
         self._buf = bytearray(MAX_MESSAGE + 1)
         self._view = memoryview(self._buf)
         self._errq_left: set[socket.socket] = set()  # error queue not emptied last time
@@ -487,6 +488,9 @@ class UdpProber:
         old = self._dests.get(key)
         rto = old.rto if old is not None else Rto(self._t1, self._min_t1)
         dest = _Dest(addr, sock, template, expires, rto)
+        if len(self._peers) >= _DESTS:
+            self._peers = {d.addr for d in self._dests.values()}
+        self._peers.add(addr)
         if key not in self._dests and len(self._dests) >= _DESTS:
             del self._dests[next(iter(self._dests))]  # the oldest
         self._dests[key] = dest
@@ -714,8 +718,10 @@ class UdpProber:
         if found:  # the quoted datagram names the very probe it is about
             p = self._pending.get(found.group(1).decode())
             hit = [p] if p is not None and p.dest == dest else []
-        else:  # quote truncated: every probe to that address shares its fate
-            hit = [p for p in self._pending.values() if p.dest == dest]
+        else:
+            # The quote stops before the branch (or never was ours): anyone who guessed
+            # our port could forge it, so it proves nothing; the deadline decides.
+            return self._unmatched("icmp")
         reason, text = meaning
         if offender and offender != dest[0]:
             text = f"{text} reported by {offender}"
@@ -724,6 +730,11 @@ class UdpProber:
             self._finish(p, ProbeOutcome(at=now, reason=reason, rtt=now - p.sent_at, detail=text))
 
     def _on_datagram(self, data: bytes, addr: tuple[object, ...]) -> None:
+        # Only a destination we probe can answer: anything else (a flood, a scan) is
+        # dropped before the parse, for the price of a set lookup.
+        src = (addr[0], addr[1])
+        if src not in self._peers and (":" not in str(addr[0]) or _norm(addr) not in self._peers):
+            return self._unmatched("source")
         # Every answer needs the full parse: a match needs code, Call-ID and CSeq, and a
         # mismatch's reason ("garbage" or not) depends on whether it parses at all.
         resp = parse_response(data)
