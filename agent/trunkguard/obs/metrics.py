@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from socketserver import ThreadingMixIn
-from typing import Any
-from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,17 +18,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from trunkguard import __version__
 from trunkguard.core.ids import Paths
+from trunkguard.obs.http import HttpServer, Query
 from trunkguard.obs.rtt import CompactHistogram
 
 # SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 # Failover reaction and actuator apply times: sub-millisecond to the 10 s budget.
 ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per scrape on stderr is noise
 
 
 class Metrics:
@@ -247,39 +237,23 @@ class Metrics:
             self.sensor_state.labels(sensor, s).set(1 if s == state else 0)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Start the /metrics HTTP exporter in a thread; returns a function that stops it."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_cls = type(
-            "_Server",
-            (ThreadingMixIn, WSGIServer),
-            {"daemon_threads": True, "address_family": family},
-        )
-        server: WSGIServer = make_server(
-            host, port, self.wsgi_app, server_cls, handler_class=_Quiet
-        )
-        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
-        thread.start()
+        """Serve /metrics (see obs/http.py); returns a function that stops it."""
+        return HttpServer(host, port, {"/metrics": self.render}).start().stop
 
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        return stop
-
-    def wsgi_app(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterator[bytes]:
+    def render(self, query: Query) -> tuple[str, Iterator[bytes]]:
         """The registry as prometheus_client renders it, then the per-target RTT
         histograms streamed in chunks; `name[]` filters work as with prometheus_client."""
-        names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+        names = query.get("name[]")
         registry = self.registry.restricted_registry(names) if names else self.registry
         rtt = self.sip_options_rtt_seconds
         with_rtt = not names or any(n == rtt.name or n.startswith(rtt.name + "_") for n in names)
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-        yield generate_latest(registry)
-        if with_rtt:
-            yield from rtt.expose()
+
+        def body() -> Iterator[bytes]:
+            yield generate_latest(registry)
+            if with_rtt:
+                yield from rtt.expose()
+
+        return CONTENT_TYPE_LATEST, body()
 
     async def watch_loop_lag(self, interval: float = 0.5) -> None:
         loop = asyncio.get_running_loop()
