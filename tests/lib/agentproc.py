@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,14 @@ Event = dict[str, Any]
 
 class Agent:
     def __init__(
-        self, config: Path, netns: str | None = None, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        netns: str | None = None,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),  # e.g. unshare(1) and a shell that mounts first
     ) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "trunkguard",
-            "run",
-            "-c",
-            str(config),
-            "--log-format",
-            "json",
-        ]
+        run = [sys.executable, "-m", "trunkguard", "run", "-c", str(config)]
+        argv = [*prefix, *run, "--log-format", "json"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.netns = netns

@@ -23,6 +23,7 @@ class IntentSink:
     def __init__(self, hub: Hub, state_dir: str | None, log: FilteringBoundLogger) -> None:
         self.engine, self.state_dir, self.log = hub.engine, state_dir, log
         self._wake = asyncio.Event()
+        self._failing: str | None = None  # the error while saving does not work
         hub.after_each(self.batch)
 
     def batch(self, events: Sequence[Event]) -> None:
@@ -44,8 +45,15 @@ class IntentSink:
             await self._save()
 
     async def _save(self) -> None:
+        """Routing never waits for this; a disk that is full or read-only is said once."""
         self._wake.clear()
         try:
             await asyncio.to_thread(persist.save, self.state_dir, self.engine.intent())
         except OSError as e:
-            self.log.error("cannot save state", error=str(e))
+            if str(e) != self._failing:
+                self.log.error("cannot save state, routing goes on", error=str(e))
+            self._failing = str(e)
+            return
+        if self._failing is not None:
+            self.log.info("state saved again", dir=self.state_dir)
+            self._failing = None
