@@ -368,6 +368,7 @@ async def test_reset_fails_every_outstanding_probe() -> None:
         pytest.param(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", id="no-content-length"),
         pytest.param(b"X" * 70_000, id="endless-header"),
         pytest.param(b"SIP/2.0 200 OK\r\nContent-Length: 100000\r\n\r\n", id="huge-body"),
+        pytest.param(b"SIP/2.0 200 OK\r\nContent-Length: 2147483648\r\n\r\n", id="2GB-body"),
     ],
 )
 async def test_bad_framing_drops_connection(reply: bytes) -> None:
@@ -384,6 +385,33 @@ async def test_bad_framing_drops_connection(reply: bytes) -> None:
         )
         assert out.reason == "reset" and out.detail.startswith("protocol error"), out
         assert p.connections == 0 and p.outstanding == 0
+
+
+async def test_a_byte_at_a_time_answer_fails_at_the_deadline_and_is_dropped() -> None:
+    """Slowloris from the carrier's side: a valid answer trickling in never counts, the
+    probe fails at its deadline and the connection is dropped (reopened next time)."""
+    stop = asyncio.Event()
+
+    async def slow(
+        peer: FakePeer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await peer.read_request(reader)
+        for byte in b"SIP/2.0 200 OK\r\n" + b"X-Pad: " + b"a" * 10_000:
+            if stop.is_set():
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # the trickle itself: this is what is tested
+        await reader.read()
+
+    async with fake_peer(slow) as peer, StreamProber(user_agent=UA) as p:
+        start = time.monotonic()
+        out = await p.probe(
+            "127.0.0.1", peer.port, transport="tcp", request_uri="sip:x", timeout=0.5
+        )
+        stop.set()
+        assert out.reason == "timeout" and 0.45 <= time.monotonic() - start < 1.0, out
+        assert p.outstanding == 0 and p.connections == 0
 
 
 async def test_framing_keepalives_compact_length_and_split_writes() -> None:
