@@ -18,10 +18,11 @@ class Broker:
     """A running mosquitto; restart() keeps the port (retained messages are lost:
     persistence is off, which is exactly what a crashed broker looks like)."""
 
-    def __init__(self, conf: Path, host: str, port: int) -> None:
+    def __init__(self, conf: Path, host: str, port: int, netns: str | None = None) -> None:
         self.conf = conf
         self.host = host
         self.port = port
+        self.netns = netns
         self.log = conf.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls: TlsFiles | None = None
@@ -29,15 +30,18 @@ class Broker:
     def start(self, timeout: float = 10) -> None:
         assert self.proc is None, "broker already running"
         with open(self.log, "ab") as log:  # append: keep the log across restarts
+            argv = ["mosquitto", "-c", str(self.conf)]
+            if self.netns:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
             self.proc = subprocess.Popen(
-                ["mosquitto", "-c", str(self.conf)],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         proc = self.proc
         procs.wait_for(
-            lambda: procs.tcp_listening(self.port) or proc.poll() is not None,
+            lambda: procs.tcp_listening(self.port, self.netns) or proc.poll() is not None,
             timeout,
             f"mosquitto on {self.host}:{self.port}",
         )
@@ -162,8 +166,9 @@ def broker(
     acl: str | None = None,
     extra_conf: str = "",
     tls: TlsFiles | None = None,
+    netns: str | None = None,
 ) -> Iterator[Broker]:
-    """Start mosquitto on 127.0.0.1:<free port>; stopped by PID at exit.
+    """Start mosquitto on 127.0.0.1:<free port> (in `netns`, if given); stopped by PID.
 
     users: name -> password (anonymous access is then refused); acl: acl_file text;
     extra_conf: more mosquitto.conf lines; tls: serve MQTT over TLS (see make_tls()).
@@ -172,7 +177,7 @@ def broker(
     port = procs.free_port(socket.SOCK_STREAM, host)
     workdir = tmp / f"mosquitto_{port}"
     workdir.mkdir(parents=True)
-    b = Broker(_config(workdir, host, port, users, acl, extra_conf, tls), host, port)
+    b = Broker(_config(workdir, host, port, users, acl, extra_conf, tls), host, port, netns)
     b.tls = tls
     b.start()
     try:
