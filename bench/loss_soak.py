@@ -15,7 +15,10 @@ the silence to "down" by the agent's own log timestamps.
 Variants: "fixed" is RFC 3261's fixed Timer E (sip.min_t1 = t1 = 500 ms: no copy is
 resent within the 500 ms deadline, the behaviour before the RTT-adaptive timer);
 "adaptive" is the default (first retransmission after the measured RTT allows, 62.5 ms
-on these links).
+on these links); "kamailio" is no agent but Kamailio's own dispatcher probing the same
+100 destinations at its tuned setting (ds_ping_interval 1 s, probing mode 1, threshold
+3), its "destination down" events counted (a soak only: its detection time is in
+bench/calls_failover.py).
 
     sudo .venv/bin/python bench/loss_soak.py [--minutes 10] [--losses 1,5,10,20]
 
@@ -41,12 +44,14 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine, pct, write_result  # noqa: E402
 from tests.lib import sipp  # noqa: E402
 from tests.lib.agentproc import Agent, Event  # noqa: E402
+from tests.lib.kamailio import sbc, write_ds_list  # noqa: E402
 from tests.lib.netns import Netns, namespaces, veth  # noqa: E402
 from tests.lib.topology import GW_A, GW_B  # noqa: E402
 from trunkguard.core.health import HealthParams, detection_bound  # noqa: E402
 
 PER_CARRIER = 50
-VARIANTS = {"fixed": "sip: {min_t1: 500ms}\n", "adaptive": ""}
+VARIANTS = {"fixed": "sip: {min_t1: 500ms}\n", "adaptive": "", "kamailio": ""}
+SBC_IP = "192.0.2.2"
 BOUND = detection_bound(HealthParams(1.0, 0.2, 2, 3), 0.5)  # the defaults
 
 
@@ -111,24 +116,64 @@ def down(e: Event, prefix: str = "trunk:") -> bool:
 class Run:
     """One topology: variant x loss level."""
 
+    agent: Agent
+
     def __init__(self, stack: ExitStack, variant: str, loss: int, tmp: Path) -> None:
         self.variant, self.loss = variant, loss
-        ag, ca, cb = stack.enter_context(namespaces("ls", "la", "lb"))
-        self.ca = ca
-        veth(ag, "192.0.2.2/24", ca, f"{GW_A}/24")
-        veth(ag, "198.51.100.2/24", cb, f"{GW_B}/24")
-        for ns, ip in ((ca, GW_A), (cb, GW_B)):
-            stack.enter_context(sipp.options_responder(tmp, ip, 5060, netns=ns.name))
-            lossy(ns, loss)
-        self.agent = Agent(config(tmp, VARIANTS[variant]), netns=ag.name)
-        stack.callback(self.agent.stop)
         self.soak_from = 0
         self.soak_s = 0.0
         self.false_downs = self.false_failovers = 0
         self.detect: list[float] = []
         self.already_down = 0
+        ag, ca, cb = stack.enter_context(namespaces("ls", "la", "lb"))
+        self.ca = ca
+        veth(ag, f"{SBC_IP}/24", ca, f"{GW_A}/24")
+        veth(ag, "198.51.100.2/24", cb, f"{GW_B}/24")
+        cb.ip("route", "add", f"{SBC_IP}/32", "via", "198.51.100.2")  # Kamailio's source
+        for ns, ip in ((ca, GW_A), (cb, GW_B)):
+            stack.enter_context(sipp.options_responder(tmp, ip, 5060, netns=ns.name))
+            lossy(ns, loss)
+        self.kamailio_log: Path | None = None
+        if variant == "kamailio":
+            rows = [
+                (1 if c == "a" else 2, f"sip:t{i}@{gw}:5060", 8, 10, "")
+                for c, gw in (("a", GW_A), ("b", GW_B))
+                for i in range(PER_CARRIER)
+            ]
+            ds = write_ds_list(tmp / "dispatcher.list", rows)
+            k = stack.enter_context(
+                sbc(
+                    tmp,
+                    ds,
+                    sip_ip=SBC_IP,
+                    sip_port=5060,
+                    rpc_port=5071,
+                    netns=ag.name,
+                    DS_PING_INTERVAL=1,
+                    DS_PROBING_MODE=1,
+                    DS_PROBING_THRESHOLD=3,
+                )
+            )
+            self.kamailio_log = k.log
+            return
+        self.agent = Agent(config(tmp, VARIANTS[variant]), netns=ag.name)
+        stack.callback(self.agent.stop)
+
+    def kamailio_downs(self) -> int:
+        assert self.kamailio_log is not None
+        return self.kamailio_log.read_text(errors="replace").count("destination down")
+
+    def soak_start(self) -> None:
+        if self.kamailio_log is not None:
+            self.soak_from = self.kamailio_downs()
+            return
+        self.agent.drain()
+        self.soak_from = len(self.agent.events)
 
     def ready(self) -> None:
+        if self.kamailio_log is not None:
+            time.sleep(3)  # its first pings (it marks nothing down at start)
+            return
         applied = 0
 
         def initial(e: Event) -> bool:
@@ -139,6 +184,9 @@ class Run:
         self.agent.wait_for(initial, 60, "every group's initial route")
 
     def soak_end(self) -> None:
+        if self.kamailio_log is not None:
+            self.false_downs = self.kamailio_downs() - self.soak_from
+            return
         self.agent.drain()
         evs = self.agent.events[self.soak_from :]
         self.false_downs = sum(1 for e in evs if down(e))
@@ -147,6 +195,8 @@ class Run:
         )
 
     def trials(self, n: int, rng: random.Random) -> None:
+        if self.kamailio_log is not None:
+            return
         a = self.agent
         for _ in range(n):
             time.sleep(rng.uniform(0.0, 1.0))  # random phase against the probe schedule
@@ -172,7 +222,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--losses", default="1,5,10,20")
-    ap.add_argument("--variants", default="fixed,adaptive")
+    ap.add_argument("--variants", default="fixed,adaptive,kamailio")
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -192,8 +242,7 @@ def main() -> int:
         print(f"{len(runs)} agents ready; soaking {args.minutes:g} min", flush=True)
         t0 = time.monotonic()
         for r in runs:
-            r.agent.drain()
-            r.soak_from = len(r.agent.events)
+            r.soak_start()
         time.sleep(args.minutes * 60)
         for r in runs:
             r.soak_end()
@@ -217,7 +266,7 @@ def main() -> int:
                 "trunk_hours": round(trunk_hours, 2),
                 "false_trunk_downs": r.false_downs,
                 "false_downs_per_1000_trunk_hours": round(1000 * r.false_downs / trunk_hours, 1),
-                "false_failovers": r.false_failovers,
+                "false_failovers": None if r.kamailio_log else r.false_failovers,
                 "detection_samples": len(r.detect),
                 "detection_p50_s": pct(r.detect, 50) if r.detect else None,
                 "detection_p95_s": pct(r.detect, 95) if r.detect else None,
@@ -238,7 +287,8 @@ def main() -> int:
         print(
             f"{x['variant']:<9} {x['loss_percent_each_way']:>4}% {x['trunk_hours']:>8.1f} "
             f"{x['false_trunk_downs']:>11} {x['false_downs_per_1000_trunk_hours']:>9} "
-            f"{x['false_failovers']:>9} {ms(x['detection_p50_s']):>10} "
+            f"{'-' if x['false_failovers'] is None else x['false_failovers']:>9} "
+            f"{ms(x['detection_p50_s']):>10} "
             f"{ms(x['detection_p95_s']):>8} {ms(x['detection_max_s']):>8} "
             f"{x['detection_samples']:>4}"
         )
