@@ -146,7 +146,21 @@ async def test_projected_heat_evacuates_early_and_returns_after_hold(tmp_path: P
                         mark,
                     )
                     assert want in err["error"], err
+                # A flood of the same garbage: still one report, and the agent keeps up.
+                mark = agent.mark()
+                for _ in range(2000):
+                    await bms.publish("bms/dc1/room-a", b"hot!", qos=0)
+                await bms.publish("bms/dc1/room-a", b"also hot!", qos=1)
+                await asyncio.to_thread(
+                    wait,
+                    lambda e: e.get("event") == "sensor read failed" and "also" in e["error"],
+                    15,
+                    "the flood read",
+                    mark,
+                )
                 agent.drain()
+                reports = [e for e in agent.events[mark:] if e.get("event") == "sensor read failed"]
+                assert len(reports) == 2, reports  # "hot!" once, then "also hot!"
                 assert not [e for e in agent.events if site("evacuating")(e)]  # type: ignore[operator]
 
                 # The chiller stops; room A climbs 1 °C/s from 22 °C (sampled every 200 ms).
