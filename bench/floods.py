@@ -132,6 +132,7 @@ def main() -> int:
                 un0 = metric(ns, "trunkguard_sip_unmatched_responses_total")
                 ok0 = metric(ns, "trunkguard_sip_options_responses_total")
                 drops0 = rcvbuf_errors(ns)
+                own0 = metric(ns, "trunkguard_sip_socket_drops_total")
                 mark = agent.mark()
                 flood = ns.sh(
                     sys.executable,
@@ -142,11 +143,12 @@ def main() -> int:
                     str(CARRIERS["a"]),
                 )
                 sent = json.loads(flood.stdout.strip().splitlines()[-1])
-                time.sleep(3)  # let the agent drain its socket buffer (not a sync)
+                time.sleep(6)  # the agent drains, then polls its drop counter (every 5 s)
                 after = rss_kb(pid)
                 un1 = metric(ns, "trunkguard_sip_unmatched_responses_total")
                 ok1 = metric(ns, "trunkguard_sip_options_responses_total")
                 drops = rcvbuf_errors(ns) - drops0
+                own1 = metric(ns, "trunkguard_sip_socket_drops_total")
                 agent.drain()
                 transitions = [
                     e for e in agent.events[mark:] if e.get("event") == "target transition"
@@ -163,7 +165,8 @@ def main() -> int:
         f"{sent['kinds']}"
     )
     print(f"counted by the agent (unmatched by reason): {counted}")
-    print(f"dropped by the kernel (socket buffer full): {drops:,}")
+    own = sum(own1.values()) - sum(own0.values())
+    print(f"dropped by the kernel (socket buffer full): {drops:,}; the agent counted {own:,.0f}")
     print(
         f"accounted for: {total_counted + drops:,.0f} of {sent['sent']:,} "
         f"({100 * (total_counted + drops) / sent['sent']:.2f} %)"
@@ -186,6 +189,7 @@ def main() -> int:
             "rate_per_s": rate,
             "counted_unmatched": counted,
             "kernel_rcvbuf_drops": drops,
+            "agent_counted_socket_drops": own,
             "accounted_percent": 100 * (total_counted + drops) / sent["sent"],
             "probe_answers_during": answered,
             "transitions": transitions,

@@ -951,3 +951,32 @@ async def test_a_forged_icmp_without_our_branch_fails_no_probe() -> None:
         responder.close()
     assert out.reason == "timeout" and took >= 0.45, (out, took)
     assert counts["icmp"] >= 1, counts
+
+
+async def test_every_flooded_datagram_is_counted_by_us_or_by_the_kernel() -> None:
+    """Sent while the loop is busy, a flood overruns the socket buffer: what we do not
+    read, the kernel counts as dropped, and kernel_drops() reports it."""
+    port = procs.free_port()
+    counts: Counter[str] = Counter()
+    signal = Signal()
+
+    def unmatched(reason: str) -> None:
+        counts[reason] += 1
+        signal.bump()
+
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 60_000
+    try:
+        async with UdpProber(
+            user_agent="trunkguard-test", source_port=port, on_unmatched=unmatched
+        ) as prober:
+            out = await prober.probe("127.0.0.1", 9, request_uri="sip:x", timeout=0.5)
+            assert out.reason == "refused"  # the socket exists and is read
+            for _ in range(sent):  # no await: the loop cannot read meanwhile
+                flood.sendto(b"\xff" * 100, ("127.0.0.1", port))
+            drops = prober.kernel_drops()
+            assert drops > 0
+            await signal.until(lambda: counts.total() + drops >= sent)
+    finally:
+        flood.close()
+    assert counts == {"source": sent - drops}, (counts, drops)

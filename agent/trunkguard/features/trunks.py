@@ -6,6 +6,7 @@ the trunk watcher; each outcome is counted here and handed to the hub as a verdi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ from trunkguard.core.events import Outcome, ProbeOutcome, Verdict
 from trunkguard.core.health import HealthParams
 from trunkguard.core.ids import Kind, TargetId, trunk
 from trunkguard.core.trunk import Quorum
-from trunkguard.features.base import Context, Feature, Parts
+from trunkguard.features.base import Context, Feature, Parts, Task
 from trunkguard.obs.metrics import Metrics
 from trunkguard.schema import Duration, IpAddress, Lines, Loc, Strict, TargetRef
 from trunkguard.sip.dns import SipResolver
@@ -28,6 +29,9 @@ from trunkguard.watch.trunks import TrunkPlan, TrunkWatcher
 
 if TYPE_CHECKING:
     from trunkguard.config import Config
+
+
+DROPS_EVERY = 5.0  # seconds between reads of the kernel's drop counters
 
 
 def _check_ok_codes(v: list[str | int]) -> list[str | int]:
@@ -273,7 +277,19 @@ class Trunks(Feature):
             log=ctx.log,
             clock=hub.clock,
         )
-        return Parts(tasks=[("trunks", watcher.run)], close=[watcher.close])
+
+        async def count_drops() -> None:
+            # Polled: the kernel counts them per socket, we only learn when we ask.
+            last = 0
+            while True:
+                await asyncio.sleep(DROPS_EVERY)
+                now = watcher.kernel_drops()
+                if now > last:
+                    m.sip_socket_drops_total.inc(now - last)
+                last = now
+
+        tasks: list[Task] = [("trunks", watcher.run), ("socket drops", count_drops)]
+        return Parts(tasks=tasks, close=[watcher.close])
 
 
 FEATURE = Trunks()

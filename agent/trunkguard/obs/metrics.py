@@ -85,6 +85,11 @@ class Metrics:
             ["trunk", "reason"],
             registry=r,
         )
+        self.sip_socket_drops_total = Counter(
+            "trunkguard_sip_socket_drops_total",
+            "Datagrams the kernel dropped for the probe sockets (receive buffer full).",
+            registry=r,
+        )
         self.sip_unmatched_responses_total = Counter(
             "trunkguard_sip_unmatched_responses_total",
             "SIP responses that matched no outstanding probe.",

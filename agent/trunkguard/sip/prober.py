@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import logging
 import math
+import os
 import re
 import socket
 import struct
@@ -254,6 +255,20 @@ class UdpProber:
     @property
     def outstanding(self) -> int:
         return len(self._pending)
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for our sockets (receive buffer full): a flood
+        past what we drain. From /proc/net/udp{,6}, matched by socket inode."""
+        inodes = {os.fstat(s.fileno()).st_ino for s in self._socks.values()}
+        drops = 0
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table) as f:
+                    rows = [line.split() for line in f.readlines()[1:]]
+            except OSError:
+                continue
+            drops += sum(int(r[12]) for r in rows if len(r) > 12 and int(r[9]) in inodes)
+        return drops
 
     # --- the three ways in --------------------------------------------------------------
 

@@ -139,6 +139,10 @@ class TrunkWatcher:
             )
         return p
 
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for the UDP probe sockets (buffer full)."""
+        return sum(p.kernel_drops() for p in self._udp.values())
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
