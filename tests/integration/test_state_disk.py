@@ -56,13 +56,16 @@ def test_a_full_state_disk_is_said_once_and_routing_goes_on(tmp_path: Path) -> N
             assert "No space left on device" in err["error"], err
             with sipp.options_responder(tmp_path, "127.0.0.1", port_a):
                 agent.wait_for(agent.applied("a"), 10, "failback to a")  # routing goes on
-            agent.wait_for(agent.applied("b"), 10, "failover to b again")
+                mark = agent.mark()
+            agent.wait_for(agent.applied("b"), 10, "failover to b again", mark)
             agent.drain()
             assert sum(1 for e in agent.events if failed(e)) == 1  # said once
             # Room again (seen through the agent's own mount namespace): saved, and said.
             root = Path(f"/proc/{agent.proc.pid}/root")
             (root / str(state).lstrip("/") / "fill").unlink()
+            mark = agent.mark()
             with sipp.options_responder(tmp_path, "127.0.0.1", port_a):
+                agent.wait_for(agent.applied("a"), 10, "failback to a again", mark)
                 agent.wait_for(lambda e: e.get("event") == "state saved again", 10, "saved")
                 saved = json.loads((root / str(state).lstrip("/") / "state.json").read_text())
             assert saved["active"]["out"] in ("a", "b")
