@@ -92,3 +92,31 @@ def test_head_and_filtered_scrapes(port: int) -> None:
     reply = raw(port, b"GET /metrics?name[]=trunkguard_build_info HTTP/1.1\r\n\r\n")
     body = reply.split(b"\r\n\r\n", 1)[1]
     assert b"trunkguard_build_info" in body and b"trunkguard_target_up" not in body
+
+
+def test_clients_that_never_read_are_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clients that ask for a big scrape and never read hold both workers only
+    until SEND_TIMEOUT, after which the next scrape is answered."""
+    monkeypatch.setattr(http, "SEND_TIMEOUT", 1.0)
+    m = Metrics()
+    for i in range(20_000):  # about 30 MB of histogram lines: more than socket buffers
+        m.sip_options_rtt_seconds.labels(f"trunk-{i}", "192.0.2.1:5060").observe(0.001)
+    p = free_port(socket.SOCK_STREAM)
+    stop = m.serve("127.0.0.1", p)
+    stuck = []
+    try:
+        for _ in range(2):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", p))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            stuck.append(s)
+        start = time.monotonic()
+        reply = raw(p, b"GET /metrics?name[]=trunkguard_build_info HTTP/1.1\r\n\r\n")
+        took = time.monotonic() - start
+        assert b"trunkguard_build_info" in reply
+        assert took < 4.0, took  # after SEND_TIMEOUT (1 s) freed a worker, not never
+    finally:
+        for s in stuck:
+            s.close()
+        stop()

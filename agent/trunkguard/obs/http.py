@@ -10,6 +10,7 @@ fixed table: nothing is ever read from the file system.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import selectors
 import socket
@@ -25,7 +26,7 @@ Route = Callable[[Query], tuple[str, Iterable[bytes]]]
 
 MAX_HEAD = 8192  # request line and headers; a scrape sends about 300 bytes
 HEAD_TIMEOUT = 5.0  # to send a whole request head
-SEND_TIMEOUT = 10.0  # per chunk written
+SEND_TIMEOUT = 30.0  # for a whole response: a client that reads slowly is cut off
 MAX_CONNECTIONS = 1024  # open at once; more are closed on accept
 WORKERS = 2
 QUEUE = 64  # complete requests waiting for a worker; more get 503
@@ -184,13 +185,16 @@ class HttpServer:
 
 
 def _answer(sock: socket.socket, status: str, ctype: str, body: Iterable[bytes]) -> None:
-    """Send a close-delimited response, each chunk within SEND_TIMEOUT; then close."""
+    """Send a close-delimited response within SEND_TIMEOUT in all; then close."""
+    deadline = time.monotonic() + SEND_TIMEOUT
     try:
         sock.setblocking(True)
-        sock.settimeout(SEND_TIMEOUT)
         head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n"
-        sock.sendall(head.encode())
-        for chunk in body:
+        for chunk in itertools.chain((head.encode(),), body):  # streamed, never all in memory
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return  # a worker is not held hostage by a slow reader
+            sock.settimeout(left)
             sock.sendall(chunk)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
