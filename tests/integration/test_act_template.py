@@ -8,7 +8,6 @@ ran and what the PBX would have loaded each time.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import stat
 import threading
@@ -24,6 +23,7 @@ from trunkguard.act.base import ActuatorError
 from trunkguard.act.converge import Converger
 from trunkguard.act.template import TemplateActuator, TemplateSpec
 from trunkguard.core.ids import Paths
+from trunkguard.obs.logging import configure_logging
 
 pytestmark = pytest.mark.integration
 
@@ -332,15 +332,17 @@ async def test_without_reload(lab: Lab) -> None:
     assert await act.verify(A)
 
 
-async def test_contents_are_never_logged(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+@pytest.mark.usefixtures("restore_logging")
+async def test_contents_are_never_logged(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("debug", json_output=True)
     act = lab.actuator(lab.reload('grep -q carrier-b "$TRUNKGUARD_OUTPUT" && exit 1\nexit 0\n'))
     await act.apply(A)
     with pytest.raises(ActuatorError) as err:
         await act.apply(B)
-    assert "wrote" in caplog.text and "reloaded" in caplog.text
+    out = capsys.readouterr().out
+    assert '"template wrote"' in out and '"template reloaded"' in out
     for secret in ("hunter2", "swordfish"):
-        assert secret not in caplog.text and secret not in str(err.value)
+        assert secret not in out and secret not in str(err.value)
 
 
 async def test_file_io_is_off_the_loop(lab: Lab) -> None:

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
-import structlog
 
-from trunkguard.obs import logging as tglog
 from trunkguard.obs.logging import configure_logging, get_logger
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    if tglog._handler is not None:
-        logging.getLogger().removeHandler(tglog._handler)
-        tglog._handler = None
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:

@@ -7,14 +7,14 @@ a timeout kills everything they started.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trunkguard.act.base import ActuatorError, Desired
+from trunkguard.obs.logging import get_logger
 from trunkguard.procs import BASE_ENV, ProgramError, run_program
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,4 +121,4 @@ class CommandActuator:
             await run_program(argv, timeout=limit, env=self._environ(group, path))
         except ProgramError as e:
             raise ActuatorError(e.reason, f"{group}->{path}: {e.message}") from e
-        log.info("%s: %s->%s: %s ok", self.name, group, path, argv[0])
+        log.info("command ran", actuator=self.name, group=group, path=path, program=argv[0])

@@ -8,15 +8,15 @@ restart all take the same path, and re-applying an unchanged state is a no-op.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from trunkguard.act.base import Actuator, ActuatorError, Desired
+from trunkguard.obs.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class Converger:
             )
             return False
         except Exception as e:
-            log.exception("actuator %s failed unexpectedly", act.name)
+            log.exception("actuator failed unexpectedly", actuator=act.name)
             msg = f"{type(e).__name__}: {e}"
             self._report(desired, False, changed, trigger, started, attempt, "internal", msg)
             return False
@@ -165,7 +165,7 @@ class Converger:
             return await self._actuator.verify(desired)
         except Exception as e:
             # Not knowing is not a reason to hold back a failover: go and apply.
-            log.warning("verify before apply failed on %s: %s", self._actuator.name, e)
+            log.warning("verify before apply failed", actuator=self._actuator.name, error=str(e))
             return False
 
     def _report(
@@ -195,16 +195,22 @@ class Converger:
         )
         if self._on_report is None:  # nobody else tells: say it here
             if ok:
-                log.info("%s: %s applied=%s (%s)", report.actuator, dict(desired), changed, trigger)
+                log.info(
+                    "actuator converged", actuator=report.actuator, changed=changed, trigger=trigger
+                )
             else:
                 log.warning(
-                    "%s: attempt %d failed (%s): %s", report.actuator, attempt, reason, error
+                    "actuator failed",
+                    actuator=report.actuator,
+                    attempt=attempt,
+                    reason=reason,
+                    error=error,
                 )
             return
         try:
             self._on_report(report)
         except Exception:
-            log.exception("on_report callback failed")
+            log.exception("on_report callback failed", actuator=report.actuator)
 
 
 def _really_cancelled() -> bool:

@@ -32,7 +32,6 @@ import contextlib
 import errno
 import ipaddress
 import json
-import logging
 import os
 import secrets
 import socket
@@ -42,8 +41,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trunkguard.act.base import ActuatorError, Desired
+from trunkguard.obs.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OFF_STATES = {"disabled": "d", "inactive": "i"}
 MAX_HTTP_REPLY = 16 * 1024 * 1024
@@ -336,7 +336,14 @@ class KamailioActuator:
             if e.reason != "kamailio":
                 raise
             return f"set_state {w.state} {w.setid} {w.uri}: {e.message.rsplit(': ', 1)[-1]}"
-        log.info("%s: %s: set %d %s -> %s", self.name, group, w.setid, w.uri, w.state)
+        log.info(
+            "dispatcher set",
+            actuator=self.name,
+            group=group,
+            setid=w.setid,
+            uri=w.uri,
+            state=w.state,
+        )
         if w.state.startswith("a"):
             self._off_probed.pop(w.key, None)
         elif w.had_probing:

@@ -19,7 +19,6 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
-import logging
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -33,8 +32,9 @@ from pyroute2.netns import create_socket
 
 from trunkguard.act.base import ActuatorError, Desired
 from trunkguard.core.ids import Paths
+from trunkguard.obs.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -505,7 +505,7 @@ class NetlinkActuator:
                     hops = await self._hops(ipr, route)
                     if _matches(hops, seen.get(route.key, [])):
                         continue  # already right: no write, no notification
-                    log.info("%s: replace %s", self.name, _describe(route))
+                    log.info("route replace", actuator=self.name, route=_describe(route))
                     await ipr.route("replace", **_request(route, hops))
                     wrote = True
                 except ActuatorError as e:
@@ -545,7 +545,7 @@ class NetlinkActuator:
             if key in present:
                 continue
             try:
-                log.info("%s: add rule %s", self.name, _describe_rule(key))
+                log.info("rule add", actuator=self.name, rule=_describe_rule(key))
                 await ipr.rule("add", protocol=RTPROT_STATIC, **_rule_request(key))
                 added = True
             except NetlinkError as e:
@@ -570,7 +570,7 @@ class NetlinkActuator:
                 failed.add(group)
                 continue
             try:
-                log.info("%s: delete rule %s", self.name, _describe_rule(key))
+                log.info("rule delete", actuator=self.name, rule=_describe_rule(key))
                 await ipr.rule("del", **_rule_request(key))
                 deleted = True
             except NetlinkError as e:

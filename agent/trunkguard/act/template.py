@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
 import shutil
@@ -31,9 +30,10 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from trunkguard.act.base import ActuatorError, Desired
+from trunkguard.obs.logging import get_logger
 from trunkguard.procs import BASE_ENV, ProgramError, run_program
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MESSAGE_MAX = 300  # characters of a template error kept in the one-line message
 
@@ -108,7 +108,9 @@ class TemplateActuator:
             return False
         if have != want:
             await asyncio.to_thread(self._install, want)
-            log.info("%s: wrote %s (%d bytes)", self.name, self._spec.output, len(want))
+            log.info(
+                "template wrote", actuator=self.name, output=self._spec.output, bytes=len(want)
+            )
         if self._spec.reload is not None:
             await self._reload_or_restore(self._spec.reload)
         return True
@@ -249,7 +251,7 @@ class TemplateActuator:
 
     async def _reload(self, argv: tuple[str, ...]) -> None:
         await run_program(argv, timeout=self._spec.timeout, env=self._env)
-        log.info("%s: reloaded (%s)", self.name, argv[0])
+        log.info("template reloaded", actuator=self.name, program=argv[0])
 
 
 def _read_template(path: str) -> str:
