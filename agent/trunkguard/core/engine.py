@@ -243,9 +243,8 @@ class Engine:
         sh = self._sensors.get(name)
         if sh is None:
             return NOTHING
-        changed = sh.error != error
         sh.failed(error)
-        return [SensorFault(name, error, at, changed)]
+        return [SensorFault(name, error, at)]
 
     def tick(self, now: float) -> Sequence[Event]:
         """Run pending timers: link holds, stale sensors, site return, auto failback."""

@@ -145,7 +145,6 @@ class SensorFault:
     sensor: str
     error: str
     at: float
-    changed: bool  # a different error from the last one (report once per change)
 
 
 @dataclass(frozen=True, slots=True)
