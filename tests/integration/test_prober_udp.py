@@ -309,6 +309,18 @@ class Signal:
                 self._event.clear()
 
 
+class Unmatched(Counter[str]):
+    """An on_unmatched that counts reasons and wakes whoever waits on `signal`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal = Signal()
+
+    def __call__(self, reason: str) -> None:
+        self[reason] += 1
+        self.signal.bump()
+
+
 class Sink(asyncio.DatagramProtocol):
     """A carrier that never answers and counts what reaches it."""
 
@@ -373,12 +385,7 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
     from the carrier's own address (what a spoofer sends) are parsed and matched to
     nothing. Every packet is counted, memory stays flat and the next probe succeeds."""
     port = procs.free_port()
-    counts: Counter[str] = Counter()
-    signal = Signal()
-
-    def unmatched(reason: str) -> None:
-        counts[reason] += 1
-        signal.bump()
+    counts = Unmatched()
 
     responder = await OptionsResponder.start("127.0.0.1", 0)
     assert responder._transport is not None
@@ -390,7 +397,7 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
     )
     try:
         async with UdpProber(
-            user_agent="trunkguard-test", source_port=port, on_unmatched=unmatched
+            user_agent="trunkguard-test", source_port=port, on_unmatched=counts
         ) as prober:
             await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
             tracemalloc.start()
@@ -403,7 +410,7 @@ async def test_flood_of_unmatched_packets_does_not_grow_memory() -> None:
                     spoofer.sendto(packet, ("127.0.0.1", port))
                 if i % 100 == 99:
                     await asyncio.sleep(0)  # let the prober read between bursts
-            await signal.until(lambda: counts.total() >= 20_000)
+            await counts.signal.until(lambda: counts.total() >= 20_000)
             grown = tracemalloc.get_traced_memory()[0] - base
             tracemalloc.stop()
             out = await prober.probe("127.0.0.1", responder.port, request_uri="sip:r", timeout=1)
@@ -925,7 +932,7 @@ async def test_a_forged_icmp_without_our_branch_fails_no_probe() -> None:
     probe's 96-bit branch could be forged by anyone, so it ends no probe: the deadline
     decides (and a live carrier's answer still counts)."""
     port = procs.free_port()
-    counts: Counter[str] = Counter()
+    counts = Unmatched()
     responder = await OptionsResponder.start("127.0.0.1", 0)
     responder.silent = True
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -933,7 +940,7 @@ async def test_a_forged_icmp_without_our_branch_fails_no_probe() -> None:
         async with UdpProber(
             user_agent="trunkguard-test",
             source_port=port,
-            on_unmatched=lambda r: counts.update([r]),
+            on_unmatched=counts,
         ) as prober:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -957,18 +964,13 @@ async def test_every_flooded_datagram_is_counted_by_us_or_by_the_kernel() -> Non
     """Sent while the loop is busy, a flood overruns the socket buffer: what we do not
     read, the kernel counts as dropped, and kernel_drops() reports it."""
     port = procs.free_port()
-    counts: Counter[str] = Counter()
-    signal = Signal()
-
-    def unmatched(reason: str) -> None:
-        counts[reason] += 1
-        signal.bump()
+    counts = Unmatched()
 
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = 60_000
     try:
         async with UdpProber(
-            user_agent="trunkguard-test", source_port=port, on_unmatched=unmatched
+            user_agent="trunkguard-test", source_port=port, on_unmatched=counts
         ) as prober:
             out = await prober.probe("127.0.0.1", 9, request_uri="sip:x", timeout=0.5)
             assert out.reason == "refused"  # the socket exists and is read
@@ -976,7 +978,7 @@ async def test_every_flooded_datagram_is_counted_by_us_or_by_the_kernel() -> Non
                 flood.sendto(b"\xff" * 100, ("127.0.0.1", port))
             drops = prober.kernel_drops()
             assert drops > 0
-            await signal.until(lambda: counts.total() + drops >= sent)
+            await counts.signal.until(lambda: counts.total() + drops >= sent)
     finally:
         flood.close()
     assert counts == {"source": sent - drops}, (counts, drops)
