@@ -17,20 +17,25 @@ from trunkguard.core.events import (
     Decision,
     DestTransition,
     Event,
+    Fence,
     SensorChange,
     SensorFault,
     SensorReading,
     SiteChange,
     State,
+    TakeoverChange,
+    TakeoverState,
     Transition,
     Verdict,
 )
 from trunkguard.core.health import HealthParams
-from trunkguard.core.ids import Paths, TargetId, parse_target
+from trunkguard.core.ids import Kind, Paths, TargetId, parse_target
 from trunkguard.core.link import LinkHealth, LinkParams
+from trunkguard.core.peer import PeerBeat, PeerHealth, PeerSpec, PeerStatus
 from trunkguard.core.policy import GroupPolicy, GroupSpec
 from trunkguard.core.sensor import Reading, SensorHealth, SensorSpec
 from trunkguard.core.site import SitePolicy, SiteSpec, evaluate
+from trunkguard.core.takeover import Context, QuorumMode, Takeover, TakeoverSpec, Voting
 from trunkguard.core.trunk import SINGLE, Quorum, TrunkHealth
 
 _DEP_DOWN = (State.DOWN, State.MAINTENANCE)
@@ -55,6 +60,10 @@ class CoreSpec:
     sensors: dict[str, SensorSpec] = field(default_factory=dict)
     site: SiteSpec = field(default_factory=SiteSpec)
     groups: list[GroupSpec] = field(default_factory=list)
+    peers: dict[TargetId, PeerSpec] = field(default_factory=dict)
+    takeovers: dict[str, TakeoverSpec] = field(default_factory=dict)  # by peer site
+    voting: Voting = field(default_factory=Voting)
+    heartbeat_expiry: float = 3.0  # our own: how long our echo may be missing
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Intent:
     maintenance: frozenset[TargetId] = frozenset()
     evacuating: bool = False
     evacuation_forced: bool = False
+    takeovers: frozenset[str] = frozenset()  # peer sites whose calls we serve
 
 
 class Engine:
@@ -75,6 +85,15 @@ class Engine:
         self._sensors: dict[str, SensorHealth] = {}
         self._groups: dict[str, GroupPolicy] = {}
         self._site = SitePolicy(SiteSpec())
+        self._peers: dict[TargetId, PeerHealth] = {}
+        self._takeovers: dict[str, Takeover] = {}
+        # Our own MQTT session, for fencing: None until the shell says it has one.
+        self._connected: bool | None = None
+        self._epoch = 0
+        self._echo_until: float | None = None
+        self._fenced: str | None = None
+        self._fenced_since = now
+        self._now = now  # the latest time the shell passed in (for next_wakeup)
         self.reconfigure(spec, now)
 
     # ---- read-only view ---------------------------------------------------------------
@@ -98,6 +117,26 @@ class Engine:
     @property
     def site(self) -> SitePolicy:
         return self._site
+
+    @property
+    def peers(self) -> Mapping[TargetId, PeerHealth]:
+        return MappingProxyType(self._peers)
+
+    @property
+    def takeovers(self) -> Mapping[str, Takeover]:
+        return MappingProxyType(self._takeovers)
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this agent is fenced (frozen: claims nothing), or None."""
+        return self._fenced
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def serving(self) -> frozenset[str]:
+        return frozenset(p for p, t in self._takeovers.items() if t.serving)
 
     def states(self) -> Mapping[TargetId, State]:
         """Every target's state, live (no copy)."""
@@ -139,6 +178,19 @@ class Engine:
             sh.reset(sspec)
             self._sensors[name] = sh
         self._site.spec = spec.site
+        self._spec = spec
+        old_p, self._peers = self._peers, {}
+        for tid, pspec in spec.peers.items():
+            ph = old_p.get(tid)
+            if ph is None or ph.spec != pspec:
+                ph = PeerHealth(tid, pspec, listening_since=now)
+                ph.connected = self._connected is not False
+            self._peers[tid] = ph
+        old_t, self._takeovers = self._takeovers, {}
+        for peer, tspec in spec.takeovers.items():
+            tk = old_t.get(peer) or Takeover(tspec)
+            tk.spec, tk.voting = tspec, spec.voting
+            self._takeovers[peer] = tk
         changed = self._wire_dependencies(spec, now)
         old_g, self._groups = self._groups, {}
         for gspec in spec.groups:
@@ -149,8 +201,8 @@ class Engine:
         for gp in self._groups.values():
             for t in gp.spec.targets:
                 self._groups_of.setdefault(t, []).append(gp)
-        self._view = _States(self._targets, self._links)
-        return self._after(changed, now, now, site=True)
+        self._view = _States(self._targets, self._links, self._peers)
+        return self._after(changed, now, now, site=True, all_groups=True)
 
     def _trunk(self, tid: TargetId, ts: TrunkSpec) -> TrunkHealth:
         th = self._targets.get(tid)
@@ -192,6 +244,7 @@ class Engine:
             ),
             evacuating=self._site.evacuating is not None,
             evacuation_forced=self._site.forced,
+            takeovers=self.serving(),
         )
 
     def restore(self, intent: Intent, now: float) -> None:
@@ -201,8 +254,12 @@ class Engine:
             if h is not None:
                 h.set_maintenance(True, now)
         self._site.restore(intent.evacuating, intent.evacuation_forced, now)
+        for peer in intent.takeovers:
+            if peer in self._takeovers:
+                self._takeovers[peer].restore(now)
         for gname, g in self._groups.items():
             g.restore(intent.active.get(gname), intent.pinned.get(gname))
+            g.serving = self.serving()
 
     # ---- observations -------------------------------------------------------------------
 
@@ -246,11 +303,53 @@ class Engine:
         sh.failed(error)
         return [SensorFault(name, error, at)]
 
+    def observe_peer(self, msg: PeerStatus | PeerBeat, now: float) -> Sequence[Event]:
+        """A peer's birth, death or heartbeat (parsed and bounded by the shell)."""
+        ph = self._peers.get(TargetId(Kind.PEER, msg.site))
+        if ph is None:
+            return NOTHING
+        t = ph.status(msg, now) if isinstance(msg, PeerStatus) else ph.beat(msg, now)
+        if t is None and not isinstance(msg, PeerBeat):
+            return NOTHING
+        # A heartbeat also carries votes: takeovers are weighed again.
+        return self._after([t] if t else [], now, now, peers=True)
+
+    def claim(self, peer: str, who: str, epoch: int | None, now: float) -> Sequence[Event]:
+        """Another agent ("site/node") claims (or withdraws its claim on) a peer's calls."""
+        tk = self._takeovers.get(peer)
+        if tk is None:
+            return NOTHING
+        tk.claim(who, epoch)
+        return self._after([], now, now, peers=True)
+
+    def session(self, connected: bool, epoch: int, now: float) -> Sequence[Event]:
+        """Our own MQTT session came up (with its epoch) or went down."""
+        if connected and not self._connected:
+            self._echo_until = now + self._spec.heartbeat_expiry  # grace for the first echo
+        self._connected, self._epoch = connected, epoch
+        ts = [t for ph in self._peers.values() if (t := ph.set_connected(connected, now))]
+        return self._after(ts, now, now, peers=True)
+
+    def heard_self(self, ttl: float, now: float) -> Sequence[Event]:
+        """Our own heartbeat came back through the broker: the path to peers works."""
+        self._echo_until = now + ttl
+        return self._after([], now, now, peers=True) if self._fenced else NOTHING
+
+    def release(self, peer: str, now: float) -> Sequence[Event]:
+        """Operator: end the takeover of a peer's calls now."""
+        tk = self._takeovers.get(peer)
+        if tk is None:
+            raise KeyError(f"no takeover configured for peer {peer!r}")
+        c = tk.release(now)
+        return self._after([], now, now, takeovers=[c] if c else [])
+
     def tick(self, now: float) -> Sequence[Event]:
-        """Run pending timers: link holds, stale sensors, site return, auto failback."""
+        """Run pending timers: link holds, stale sensors, site return, auto failback,
+        peer heartbeats, fences and takeover holds."""
         ts = [t for lh in self._links.values() if (t := lh.tick(now)) is not None]
+        ts += [t for ph in self._peers.values() if (t := ph.evaluate(now)) is not None]
         cs = [c for sh in self._sensors.values() if (c := sh.tick(now)) is not None]
-        return self._after(ts, now, None, cs, site=True, all_groups=True)
+        return self._after(ts, now, None, cs, site=True, all_groups=True, peers=True)
 
     def next_wakeup(self) -> float | None:
         times = [t for g in self._groups.values() if (t := g.next_wakeup()) is not None]
@@ -258,6 +357,12 @@ class Engine:
         times += [t for sh in self._sensors.values() if (t := sh.stale_at()) is not None]
         if (t := self._site.next_wakeup()) is not None:
             times.append(t)
+        times += [t for ph in self._peers.values() if (t := ph.due(self._now)) is not None]
+        for tk in self._takeovers.values():
+            if (t := tk.next_wakeup(self._peer_since(tk))) is not None:
+                times.append(t)
+        if self._connected and self._echo_until is not None and not self._fenced:
+            times.append(self._echo_until)
         return min(times, default=None)
 
     # ---- operator commands (raise KeyError/ValueError with a one-line reason) ----------
@@ -298,8 +403,12 @@ class Engine:
         site: bool = False,
         all_groups: bool = False,
         site_change: SiteChange | None = None,
+        peers: bool = False,
+        takeovers: list[TakeoverChange] | None = None,
     ) -> list[Event]:
-        """Carry transitions on: to dependent trunks, the site rule, the route groups."""
+        """Carry transitions on: to dependent trunks, the site rule, takeovers of peers,
+        the route groups."""
+        self._now = now
         for t in list(ts):
             for trunk in self._dependants.get(t.target, ()):
                 down = t.new in _DEP_DOWN
@@ -315,15 +424,87 @@ class Engine:
         if site_change is not None:
             events.append(site_change)
             all_groups, cause_at = True, site_change.at
+        serving = None if takeovers else self.serving()  # an operator's release: changed
+        if self._takeovers and (peers or ts or site_change or takeovers):
+            events += self._weigh_takeovers(now, takeovers or [])
+        elif self._connected is not None and peers:
+            events += self._fence(now)
+        if self.serving() != serving:
+            all_groups = True
         groups: Iterable[GroupPolicy] = self._groups.values()
         if not all_groups:
             fed = {id(g) for t in ts for g in self._groups_of.get(t.target, ())}
             groups = [g for g in groups if id(g) in fed]  # config order, as before
-        evac = self._site.evacuating
+        evac, serving = self._site.evacuating, self.serving()
         for g in groups:
-            d = g.evaluate(self._view, now, cause_at, evac)
+            d = g.evaluate(self._view, now, cause_at, evac, serving)
             if d is not None:
                 events.append(d)
+        return events
+
+    # ---- peers: fencing and takeovers ---------------------------------------------------
+
+    def _fence(self, now: float) -> list[Event]:
+        """Fence ourselves when we cannot see the broker or any other voter."""
+        why: str | None = None
+        voting = self._spec.voting
+        if self._connected is False:
+            why = "lost the broker"
+        elif self._echo_until is not None and now >= self._echo_until:
+            why = "own heartbeat not seen back through the broker"
+        elif voting.quorum is QuorumMode.MAJORITY:
+            others = [v for v in voting.voters if v != voting.me]
+            seen = [
+                v
+                for v in others
+                if (ph := self._peers.get(TargetId(Kind.PEER, v))) is not None
+                and ph.state in (State.UP, State.EVACUATING)
+            ]
+            if others and not seen:
+                why = f"cannot see any other voter ({', '.join(others)})"
+        if (why is None) == (self._fenced is None):
+            if why is not None:
+                self._fenced = why  # still fenced, perhaps for another reason now
+            return []
+        since, self._fenced_since = self._fenced_since, now
+        self._fenced = why
+        if why is None:
+            return [Fence(False, now, "broker, own heartbeat and voters seen again", since)]
+        return [Fence(True, now, why, since)]
+
+    def _peer_since(self, tk: Takeover) -> float:
+        ph = self._peers.get(tk.spec.target)
+        return self._now if ph is None else ph.since
+
+    def _weigh_takeovers(self, now: float, done: list[TakeoverChange]) -> list[Event]:
+        events: list[Event] = [*self._fence(now), *done]
+        me = self._spec.voting.me
+        for peer, tk in self._takeovers.items():
+            ph = self._peers.get(tk.spec.target)
+            votes = set()
+            if ph is not None and ph.state is State.DOWN:
+                votes.add(me)
+            for v in tk.voting.voters:
+                other = self._peers.get(TargetId(Kind.PEER, v))
+                if v not in (me, peer) and other and other.sees(peer, now) is State.DOWN:
+                    votes.add(v)
+            ctx = Context(
+                self._view,
+                self._peer_since(tk),
+                votes,
+                self._fenced,
+                self._site.evacuating is not None,
+                self._epoch,
+            )
+            # A takeover can move twice at one instant (pending, then taken at once
+            # when the fence already passed); bounded by its few states.
+            for _ in range(3):
+                c = tk.evaluate(ctx, now)
+                if c is None:
+                    break
+                events.append(c)
+                if c.old is c.new or c.new is TakeoverState.IDLE:
+                    break
         return events
 
 
@@ -331,12 +512,17 @@ class _States(Mapping[TargetId, State]):
     """A live read-only view of target states: no per-transition copy of 10,000 entries."""
 
     def __init__(
-        self, targets: dict[TargetId, TrunkHealth], links: dict[TargetId, LinkHealth]
+        self,
+        targets: dict[TargetId, TrunkHealth],
+        links: dict[TargetId, LinkHealth],
+        peers: dict[TargetId, PeerHealth],
     ) -> None:
-        self._t, self._l = targets, links
+        self._t, self._l, self._p = targets, links, peers
 
     def __getitem__(self, key: TargetId) -> State:
-        h = self._t.get(key) or self._l.get(key)
+        h: TrunkHealth | LinkHealth | PeerHealth | None = (
+            self._t.get(key) or self._l.get(key) or self._p.get(key)
+        )
         if h is None:
             raise KeyError(key)
         return h.state
@@ -344,11 +530,12 @@ class _States(Mapping[TargetId, State]):
     def __iter__(self) -> Iterator[TargetId]:
         yield from self._t
         yield from self._l
+        yield from self._p
 
     def __len__(self) -> int:
-        return len(self._t) + len(self._l)
+        return len(self._t) + len(self._l) + len(self._p)
 
 
 def is_routing(ev: Event) -> bool:
     """Whether an event can change what is routed (and so what is published and saved)."""
-    return isinstance(ev, Transition | Decision | SiteChange | DestTransition)
+    return isinstance(ev, Transition | Decision | SiteChange | DestTransition | TakeoverChange)

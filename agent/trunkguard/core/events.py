@@ -18,6 +18,7 @@ class State(StrEnum):
     UP = "up"
     DOWN = "down"
     MAINTENANCE = "maintenance"
+    EVACUATING = "evacuating"  # a peer site handing its calls over
 
 
 class Outcome(StrEnum):
@@ -40,6 +41,8 @@ class DecisionKind(StrEnum):
     MANUAL = "manual"
     EVACUATE = "evacuate"
     RETURN = "return"
+    TAKEOVER = "takeover"  # serving a dead peer site's calls
+    RELEASE = "release"  # the peer is back: its calls go home
 
 
 class Level(StrEnum):
@@ -50,6 +53,13 @@ class Level(StrEnum):
     WARN = "warn"
     CRITICAL = "critical"
     STALE = "stale"
+
+
+class TakeoverState(StrEnum):
+    IDLE = "idle"
+    PENDING = "pending"  # evidence complete, the fence is running
+    ACTIVE = "active"  # serving the peer's calls
+    RELEASING = "releasing"  # the peer is back, waiting out the hold
 
 
 class SiteState(StrEnum):
@@ -156,6 +166,39 @@ class SiteChange:
     forced: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TakeoverChange:
+    """A takeover moved, or was refused (old == new) with the reason and evidence.
+
+    result: taken, released, lost (a rival's claim won), refused_partition,
+    refused_quorum, refused_evacuating; empty for steps that are neither."""
+
+    peer: str
+    old: TakeoverState
+    new: TakeoverState
+    at: float
+    reason: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """This agent fenced itself (cannot see the broker or any other voter) or ended it."""
+
+    on: bool
+    at: float
+    reason: str
+    since: float  # when the previous fence state began
+
+
 Event = (
-    Transition | DestTransition | Decision | SensorChange | SensorReading | SensorFault | SiteChange
+    Transition
+    | DestTransition
+    | Decision
+    | SensorChange
+    | SensorReading
+    | SensorFault
+    | SiteChange
+    | TakeoverChange
+    | Fence
 )

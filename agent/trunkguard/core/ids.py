@@ -17,6 +17,7 @@ from typing import NamedTuple
 class Kind(StrEnum):
     TRUNK = "trunk"
     LINK = "link"
+    PEER = "peer"  # another site, seen through MQTT
 
 
 KINDS = ", ".join(k.value for k in Kind)
@@ -44,6 +45,10 @@ def trunk(name: str) -> TargetId:
 
 def link(name: str) -> TargetId:
     return TargetId(Kind.LINK, name)
+
+
+def peer(site: str) -> TargetId:
+    return TargetId(Kind.PEER, site)
 
 
 def parse_target(text: object) -> TargetId:

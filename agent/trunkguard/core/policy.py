@@ -25,6 +25,10 @@ Rules:
 - While the site is evacuating, only paths marked `remote` count (groups without
   any remote path are left alone). When the evacuation ends the group returns to
   its best path at once: the site's own hold already proved the site is fit.
+- A path that `serves` a peer site qualifies only while this agent has taken over
+  that peer's calls, and then it comes first (at once, like an evacuation). When the
+  takeover is released the group returns to its best path at once: the takeover's
+  own hold already proved the peer is back.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class PathSpec:
     name: str
     requires: tuple[TargetId, ...] = ()
     remote: bool = False
+    serves: str | None = None  # a peer site whose calls this path takes over
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +87,22 @@ class GroupPolicy:
     pinned: str | None = None
     ready: bool = False  # every target has a verdict: the active path may be enforced
     evacuated: bool = False  # the active choice was made among remote paths only
+    took_over: bool = False  # the active choice was made among serving paths only
+    serving: frozenset[str] = frozenset()  # peer sites this agent has taken over
     waiting: bool = True  # the last evaluation lacked a verdict: no timer is meaningful
     qualified_since: dict[str, float] = field(default_factory=dict)
 
     def _qualifies(self, path: PathSpec, states: States) -> bool:
+        if path.serves is not None and path.serves not in self.serving:
+            return False
         return all(states.get(t) is State.UP for t in path.requires)
+
+    def _narrow(self, ok: list[PathSpec], evac: bool) -> list[PathSpec]:
+        """Remote paths only while evacuating; serving paths first while taking over."""
+        if evac:
+            ok = [p for p in ok if p.remote]
+        served = [p for p in ok if p.serves is not None]
+        return served or ok
 
     def _index(self, name: str | None) -> int:
         for i, p in enumerate(self.spec.paths):
@@ -111,20 +127,25 @@ class GroupPolicy:
         now: float,
         cause_at: float | None = None,
         evacuate: str | None = None,
+        serving: frozenset[str] | None = None,
     ) -> Decision | None:
         """Re-evaluate after a state change (cause_at = when it was observed) or a timer.
 
-        `evacuate` is the reason the site is evacuating, None when it is not."""
+        `evacuate` is the reason the site is evacuating, None when it is not; `serving`
+        the peer sites taken over (None: unchanged)."""
         cause = now if cause_at is None else cause_at
+        if serving is not None:
+            self.serving = serving
         self.waiting = any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets)
         if self.waiting:
             return None
         self.ready = True
         ok = self._track(states, now, cause)
         evac = evacuate is not None and any(p.remote for p in self.spec.paths)
-        if evac:
-            ok = [p for p in ok if p.remote]
+        ok = self._narrow(ok, evac)
+        took = bool(ok) and ok[0].serves is not None
         returning, self.evacuated = self.evacuated and not evac, evac
+        released, self.took_over = self.took_over and not took, took
         names = [p.name for p in ok]
         self.alarm = not ok
         if not ok:
@@ -156,8 +177,14 @@ class GroupPolicy:
             return self._switch(
                 best, now, cause, DecisionKind.EVACUATE, f"site evacuating: {evacuate}"
             )
+        if took and self.current not in names:
+            why = f"taking over {ok[0].serves}'s calls"
+            return self._switch(best, now, cause, DecisionKind.TAKEOVER, why)
         if returning:
             return self._switch(best, now, cause, DecisionKind.RETURN, "site evacuation over")
+        if released:
+            why = "takeover released: the peer is back"
+            return self._switch(best, now, cause, DecisionKind.RELEASE, why)
         if self.current not in names:
             return self._switch(
                 best, now, cause, DecisionKind.FAILOVER, f"{self.current} lost: {self._why(states)}"
@@ -262,7 +289,11 @@ class GroupPolicy:
             return min(dues, default=None)
         active_i = self._index(self.current)
         for p in self.spec.paths[:active_i]:
-            if p.name in self.qualified_since and (p.remote or not self.evacuated):
+            if (
+                p.name in self.qualified_since
+                and (p.remote or not self.evacuated)
+                and (p.serves is not None or not self.took_over)
+            ):
                 return self._failback_due(p.name)
         return None
 
@@ -273,6 +304,10 @@ class GroupPolicy:
         spec = next((p for p in self.spec.paths if p.name == path), None)
         if spec is None:
             raise ValueError(f"group {self.spec.name} has no path {path!r}")
+        if spec.serves is not None and spec.serves not in self.serving:
+            raise ValueError(f"path {path} serves {spec.serves}, which is not taken over")
+        if self.took_over and spec.serves is None:
+            raise ValueError(f"path {path} is local and this site is serving a peer's calls")
         if not self._qualifies(spec, states):
             bad = [str(t) for t in spec.requires if states.get(t) is not State.UP]
             raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
@@ -286,9 +321,7 @@ class GroupPolicy:
         self.pinned = None
         if any(states.get(t, State.UNKNOWN) is State.UNKNOWN for t in self.spec.targets):
             return None
-        ok = self._track(states, now, now)
-        if self.evacuated:
-            ok = [p for p in ok if p.remote]
+        ok = self._narrow(self._track(states, now, now), self.evacuated)
         self.alarm = not ok
         if not ok:
             return None
