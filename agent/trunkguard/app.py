@@ -66,13 +66,19 @@ class App:
         self.mqtt: MqttPublisher | None = None
         if cfg.mqtt is not None:
             self.mqtt = MqttPublisher(
-                cfg.mqtt.settings(cfg.site, cfg.node), log=self.log, on_connected=self._mqtt_up
+                cfg.mqtt.settings(cfg.site, cfg.node),
+                log=self.log,
+                on_connected=self._mqtt_up,
+                epochs=partial(persist.next_epoch, cfg.state_dir),
             )
         LogSink(hub, self.log)
         self.metrics_sink = MetricsSink(hub, self.metrics)
         LatencySink(hub, self.metrics, self.log)
         self.intent = IntentSink(hub, cfg.state_dir, self.log)
-        self.mqtt_sink = None if self.mqtt is None else MqttSink(hub, self.mqtt, self.facts)
+        self.mqtt_sink: MqttSink | None = None
+        if self.mqtt is not None and cfg.mqtt is not None:
+            beat, expiry = cfg.mqtt.heartbeat, cfg.mqtt.expiry()
+            self.mqtt_sink = MqttSink(hub, self.mqtt, self.facts, beat, expiry)
         self.commands = Commands(hub, self.status, self.intent.request, self.log)
         if attach is not None:
             attach(hub)
@@ -96,6 +102,8 @@ class App:
 
     def _mqtt_up(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        if self.mqtt is not None:
+            self.hub.session(up, self.mqtt.epoch)
 
     def request_stop(self) -> None:
         self._stop = True
@@ -135,6 +143,7 @@ class App:
             ("loop-lag", self.metrics.watch_loop_lag),
             ("state-writer", self.intent.run),
             *([("mqtt", self.mqtt.run)] if self.mqtt else []),
+            *([("heartbeat", self.mqtt_sink.run)] if self.mqtt_sink else []),
         ]
         tasks = [tg.create_task(supervise(n, fn, self.log)) for n, fn in background]
         if wd := systemd.watchdog_interval():

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("target", help="trunk:NAME, link:NAME (or just NAME), or site")
     sp.add_argument("mode", choices=["on", "off"])
 
+    sp = sub.add_parser(
+        "release", help="end the takeover of a peer site's calls now (they go back to it)"
+    )
+    with_socket(sp)
+    sp.add_argument("peer", help="the peer site")
+
     sp = sub.add_parser("lab", help="self-contained demo: two carriers, an outage, the timeline")
     sp.add_argument("--hold", type=_seconds, default=3.0, help="failback hold in the demo (3s)")
     sp.add_argument("--outage", type=_seconds, default=4.0, help="how long carrier A is dead (4s)")
@@ -122,6 +128,19 @@ def _print_status(s: dict[str, Any]) -> None:
             rate = "-" if x["rate_per_minute"] is None else f"{x['rate_per_minute']:+.2f}"
             ttc = "-" if x["time_to_critical_s"] is None else f"{x['time_to_critical_s']:.0f}s"
             print(f"{name:<20} {x['state']:<9} {value:>9} {rate:>9} {ttc:>8}  {x['reason']}")
+    peers = s.get("peers") or {}
+    if peers:
+        takeovers = s.get("takeovers") or {}
+        print()
+        print(f"{'PEER SITE':<20} {'STATE':<11} {'TAKEOVER':<10} REASON")
+        for name, p in peers.items():
+            tk = takeovers.get(name)
+            state = tk["state"] if tk else "-"
+            why = p["reason"] if not tk or tk["state"] == "idle" else tk["reason"]
+            print(f"{name:<20} {p['state']:<11} {state:<10} {why}")
+    if s.get("fenced"):
+        print()
+        print(f"FENCED: {s['fenced']} (keeping own routing, claiming nothing)")
     ev = s.get("evacuation")
     if ev and (ev["state"] != "normal" or ev["forced"] or ev["rule_holds"]):
         forced = " (forced)" if ev["forced"] else ""
@@ -136,6 +155,7 @@ def _print_status(s: dict[str, Any]) -> None:
                 ("ALARM:no-path", r["alarm"]),
                 ("waiting-for-verdicts", not r["ready"]),
                 ("evacuated", r.get("evacuated")),
+                ("took-over", r.get("took_over")),
             )
             if on
         ]
@@ -146,6 +166,7 @@ def _print_status(s: dict[str, Any]) -> None:
             mark = "*" if p["name"] == r["active"] else " "
             ok = "ok" if p["qualifies"] else "--"
             remote = " (remote)" if p.get("remote") else ""
+            remote += f" (serves {p['serves']})" if p.get("serves") else ""
             needs = ", ".join(p["requires"]) or "nothing"
             print(f"   {mark} {p['name']:<20} {ok}  requires {needs}{remote}")
     acts = s.get("actuators") or {}
@@ -198,6 +219,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
         req |= {"group": args.group, "path": args.path}
     elif args.command == "failback":
         req |= {"group": args.group}
+    elif args.command == "release":
+        req |= {"peer": args.peer}
     else:
         req |= {"target": args.target, "on": args.mode == "on"}
     res = request(path, req)

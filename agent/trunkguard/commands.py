@@ -50,7 +50,12 @@ class Evacuate:
     on: bool
 
 
-Command = Status | Failover | Failback | Maintenance | Evacuate
+@dataclass(frozen=True)
+class Release:
+    peer: str  # a peer site whose calls this agent took over
+
+
+Command = Status | Failover | Failback | Maintenance | Evacuate | Release
 
 
 def _text(req: Mapping[str, Any], key: str) -> str:
@@ -78,6 +83,8 @@ def parse(req: Mapping[str, Any]) -> Command:
         return Failback(_text(req, "group"))
     if cmd == "evacuate":
         return Evacuate(_flag(req))
+    if cmd == "release":
+        return Release(_text(req, "peer"))
     if cmd == "maintenance":
         target = _text(req, "target")
         return Evacuate(_flag(req)) if target == SITE else Maintenance(target, _flag(req))
@@ -94,6 +101,8 @@ def request(c: Command) -> dict[str, Any]:
         return {"cmd": "failback", "group": c.group}
     if isinstance(c, Evacuate):
         return {"cmd": "evacuate", "on": c.on}
+    if isinstance(c, Release):
+        return {"cmd": "release", "peer": c.peer}
     return {"cmd": "maintenance", "target": c.target, "on": c.on}
 
 
@@ -120,6 +129,8 @@ class Commands:
                 events = engine.failback(c.group, now)
             elif isinstance(c, Evacuate):
                 events = engine.evacuate(c.on, now)
+            elif isinstance(c, Release):
+                events = engine.release(c.peer, now)
             else:
                 events = engine.set_maintenance(engine.find_target(c.target), c.on, now)
         except (KeyError, ValueError) as e:

@@ -14,11 +14,12 @@ import yaml
 from pydantic import Field, ValidationError
 
 from trunkguard.core.engine import CoreSpec
-from trunkguard.core.ids import TargetId, link, trunk
+from trunkguard.core.ids import TargetId, link, peer, trunk
 from trunkguard.features import FEATURES
 from trunkguard.features.http import ControlConfig, MetricsConfig
 from trunkguard.features.links import LinkConfig
 from trunkguard.features.mqtt import MqttConfig
+from trunkguard.features.peers import PeerConfig, TakeoverConfig
 from trunkguard.features.routes import ActuatorSettings, RouteGroupConfig
 from trunkguard.features.sensors import SensorConfig
 from trunkguard.features.site import EvacuationConfig
@@ -46,6 +47,8 @@ class Config(Strict):
     links: dict[Name, LinkConfig] = {}
     sensors: dict[Name, SensorConfig] = {}
     evacuation: EvacuationConfig = Field(default_factory=EvacuationConfig)
+    peers: dict[Name, PeerConfig] = {}
+    takeover: TakeoverConfig = Field(default_factory=TakeoverConfig)
     routes: dict[Name, RouteGroupConfig] = {}
     actuators: ActuatorSettings = Field(default_factory=ActuatorSettings)
     mqtt: MqttConfig | None = None
@@ -53,7 +56,11 @@ class Config(Strict):
 
     def targets(self) -> set[TargetId]:
         """Every target a path or rule may name."""
-        return {trunk(n) for n in self.trunks} | {link(n) for n in self.links}
+        return (
+            {trunk(n) for n in self.trunks}
+            | {link(n) for n in self.links}
+            | {peer(n) for n in self.peers}
+        )
 
     def core_spec(self) -> CoreSpec:
         spec = CoreSpec()

@@ -17,6 +17,7 @@ from trunkguard.act.converge import ApplyReport, Converger
 from trunkguard.core.engine import Engine
 from trunkguard.core.events import Event, ProbeOutcome, State, Transition, Verdict
 from trunkguard.core.ids import Kind, Paths, TargetId
+from trunkguard.core.peer import PeerBeat, PeerStatus
 from trunkguard.core.sensor import Reading
 
 E = TypeVar("E")
@@ -103,6 +104,21 @@ class Hub:
             self.emit(self.engine.sensor_failed(name, error, at))
         else:
             self.emit(self.engine.observe_sensor(name, value, at))
+
+    def peer(self, msg: PeerStatus | PeerBeat) -> None:
+        self.emit(self.engine.observe_peer(msg, self.clock()))
+
+    def claim(self, peer: str, who: str, epoch: int | None) -> None:
+        self.emit(self.engine.claim(peer, who, epoch, self.clock()))
+
+    def session(self, up: bool, epoch: int) -> None:
+        """Our own MQTT session came up or went down."""
+        self.emit(self.engine.session(up, epoch, self.clock()))
+        self._wake.set()  # the echo deadline moved
+
+    def heard_self(self, ttl: float) -> None:
+        self.emit(self.engine.heard_self(ttl, self.clock()))
+        self._wake.set()
 
     async def timers(self) -> None:
         """Run the core's timers (holds, staleness, failback) when they fall due."""

@@ -61,6 +61,11 @@ async def read_until(client: aiomqtt.Client, done: object, within: float) -> dic
     raise AssertionError("unreachable")
 
 
+def status(latest: dict[str, bytes]) -> object:
+    raw = latest.get(f"{BASE}/status")
+    return None if raw is None else json.loads(raw).get("status")
+
+
 def js(latest: dict[str, bytes], topic: str) -> dict[str, object]:
     return json.loads(latest[f"{BASE}/{topic}"])  # type: ignore[no-any-return]
 
@@ -88,7 +93,7 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
                         .get("outbound", {})
                         .get("active")
                         == "carrier-a"
-                        and m.get(f"{BASE}/status") == b"online"
+                        and status(m) == "online"
                     ),
                     10,
                 )
@@ -123,7 +128,7 @@ async def test_retained_state_events_and_last_will(tmp_path: Path) -> None:
             agent.signal(signal.SIGKILL)
             async with aiomqtt.Client(mq.host, mq.port, username=NOC, password=NOC_PW) as c:
                 await c.subscribe(f"{BASE}/status", qos=1)
-                await read_until(c, lambda m: m.get(f"{BASE}/status") == b"offline", 10)
+                await read_until(c, lambda m: status(m) == "offline", 10)
         finally:
             agent.stop()
     assert AGENT_PW not in "".join(agent.raw)

@@ -60,15 +60,30 @@ async def watcher(b: Broker) -> AsyncIterator[aiomqtt.Client]:
         yield c
 
 
+ONLINE: dict[str, Any] = {"status": "online"}
+OFFLINE: dict[str, Any] = {"status": "offline"}
+
+
+def matches(payload: object, want: bytes | dict[str, Any]) -> bool:
+    """Bytes exactly; a dict: the JSON payload has (at least) these fields."""
+    if isinstance(want, bytes):
+        return payload == want
+    try:
+        doc = json.loads(payload)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(doc.get(k) == v for k, v in want.items())
+
+
 async def expect(
-    client: aiomqtt.Client, want: dict[str, bytes], within: float = 10
+    client: aiomqtt.Client, want: dict[str, Any], within: float = 10
 ) -> dict[str, aiomqtt.Message]:
     """Read messages until the latest payload of every topic in `want` matches."""
     latest: dict[str, aiomqtt.Message] = {}
     async with asyncio.timeout(within):
         async for msg in client.messages:
             latest[str(msg.topic)] = msg
-            if all(t in latest and latest[t].payload == p for t, p in want.items()):
+            if all(t in latest and matches(latest[t].payload, p) for t, p in want.items()):
                 return latest
     raise AssertionError("unreachable")
 
@@ -94,23 +109,28 @@ async def test_late_subscriber_sees_retained_state_then_stop_says_offline(mq: Br
     async with watcher(mq) as early:
         task = asyncio.create_task(pub.run())
         assert await conns.next() is True
-        await expect(early, {f"{BASE}/state": b'{"b":[1,2],"schema":1,"seq":1}'})
+        await expect(early, {f"{BASE}/state": {"b": [1, 2], "schema": 1, "seq": 1}})
         assert pub.connected
 
         async with watcher(mq) as late:
             seen = await expect(
                 late,
-                {f"{BASE}/status": b"online", f"{BASE}/state": b'{"b":[1,2],"schema":1,"seq":1}'},
+                {f"{BASE}/status": ONLINE, f"{BASE}/state": {"b": [1, 2], "schema": 1, "seq": 1}},
             )
             assert seen[f"{BASE}/status"].retain and seen[f"{BASE}/state"].retain
+            # One session: the birth and every retained document carry its epoch.
+            status = json.loads(seen[f"{BASE}/status"].payload)  # type: ignore[arg-type]
+            state = json.loads(seen[f"{BASE}/state"].payload)  # type: ignore[arg-type]
+            assert status["epoch"] == state["epoch"] == pub.epoch > 0
+            assert status["connected_at"].endswith("Z") and state["published_at"].endswith("Z")
 
             pub.publish("state", {"seq": 2}, retain=True)  # the final snapshot is flushed
             await pub.stop()
-            await expect(late, {f"{BASE}/status": b"offline", f"{BASE}/state": b'{"seq":2}'})
+            await expect(late, {f"{BASE}/status": OFFLINE, f"{BASE}/state": {"seq": 2}})
     await asyncio.wait_for(task, 5)  # run() returns after stop(), without raising
     assert await conns.next() is False
     async with watcher(mq) as after:
-        seen = await expect(after, {f"{BASE}/status": b"offline"})
+        seen = await expect(after, {f"{BASE}/status": OFFLINE})
         assert seen[f"{BASE}/status"].retain
 
 
@@ -159,11 +179,11 @@ async def test_last_will_fires_when_the_agent_dies(mq: Broker, tmp_path: Path) -
             log=tmp_path / "publisher.log",
             cwd=REPO,
         ) as proc:
-            await expect(w, {f"{BASE}/status": b"online", f"{BASE}/state": b'{"seq":7}'})
+            await expect(w, {f"{BASE}/status": ONLINE, f"{BASE}/state": {"seq": 7}})
             os.kill(proc.pid, signal.SIGKILL)  # no DISCONNECT: the broker must send the Will
-            await expect(w, {f"{BASE}/status": b"offline"}, within=5)
+            await expect(w, {f"{BASE}/status": OFFLINE}, within=5)
     async with watcher(mq) as after:  # the Will was retained
-        seen = await expect(after, {f"{BASE}/status": b"offline"})
+        seen = await expect(after, {f"{BASE}/status": OFFLINE})
         assert seen[f"{BASE}/status"].retain
 
 
@@ -180,9 +200,9 @@ async def test_broker_restart_reconnects_and_republishes_retained(mq: Broker) ->
     pub.publish("state", {"seq": 2}, retain=True)
 
     want = {
-        f"{BASE}/status": b"online",
-        f"{BASE}/routes/pstn": b'{"active":"carrierA"}',
-        f"{BASE}/state": b'{"seq":2}',
+        f"{BASE}/status": ONLINE,
+        f"{BASE}/routes/pstn": {"active": "carrierA"},
+        f"{BASE}/state": {"seq": 2},
     }
     async with watcher(mq) as w:
         await expect(w, want)  # republished (seen live or retained, depending on timing)
@@ -251,7 +271,7 @@ async def test_empty_retained_payload_clears_the_topic(mq: Broker) -> None:
     pub.publish("trunks/kept", {"up": True}, retain=True)
     task = asyncio.create_task(pub.run())
     async with watcher(mq) as w:
-        await expect(w, {f"{BASE}/trunks/old": b'{"up":true}'})
+        await expect(w, {f"{BASE}/trunks/old": {"up": True}})
         pub.publish("trunks/old", b"", retain=True)  # e.g. trunk removed by a reload
         pub.publish("status", "online", retain=True)  # reserved: rejected
         await expect(w, {f"{BASE}/trunks/old": b""})
@@ -270,9 +290,9 @@ async def test_cancelled_run_still_says_offline(mq: Broker) -> None:
     pub = MqttPublisher(settings(mq), on_connected=conns)
     async with watcher(mq) as w:
         task = asyncio.create_task(pub.run())
-        await expect(w, {f"{BASE}/status": b"online"})
+        await expect(w, {f"{BASE}/status": ONLINE})
         task.cancel()  # e.g. the daemon's TaskGroup aborts: a clean DISCONNECT, no Will
-        await expect(w, {f"{BASE}/status": b"offline"})
+        await expect(w, {f"{BASE}/status": OFFLINE})
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not pub.connected
@@ -341,7 +361,7 @@ async def test_subscriptions_are_delivered_changed_and_renewed_after_restart(mq:
     got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     conns = Connections()
     pub = MqttPublisher(settings(mq), on_connected=conns)
-    pub.set_subscriptions({"bms/room-a/temp": lambda t, p: got.put_nowait((t, p))})
+    pub.set_subscriptions({"bms/room-a/temp": lambda m: got.put_nowait((m.topic, m.payload))})
     task = asyncio.create_task(pub.run())
     assert await conns.next() is True
 
@@ -364,14 +384,15 @@ async def test_subscriptions_are_delivered_changed_and_renewed_after_restart(mq:
     assert await conns.next() is True
     await send_until_seen("bms/room-a/temp", b"25.0")
 
-    pub.set_subscriptions({"bms/chiller/running": lambda t, p: got.put_nowait((t, p))})
+    pub.set_subscriptions({"bms/chiller/running": lambda m: got.put_nowait((m.topic, m.payload))})
     await send_until_seen("bms/chiller/running", b"true")
     async with aiomqtt.Client(mq.host, mq.port, username=WATCHER, password=WATCHER_PW) as c:
         await c.publish("bms/room-a/temp", b"99", qos=1)
         await c.publish("bms/chiller/running", b"false", qos=1)
     # Ordered delivery on one connection: the dropped topic's message would come first.
     assert await asyncio.wait_for(got.get(), 5) == ("bms/chiller/running", b"false")
-    with pytest.raises(ValueError):
-        pub.set_subscriptions({"bms/+/temp": lambda t, p: None})
+    for bad in ("bms/te+mp", "bms/#/x", "", "bms//x"):
+        with pytest.raises(ValueError):
+            pub.set_subscriptions({bad: lambda m: None})
     await pub.stop()
     await asyncio.wait_for(task, 5)

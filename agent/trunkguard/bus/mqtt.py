@@ -1,14 +1,22 @@
-"""MQTT publisher: the agent's state for peers and operators (and sensor topics in).
+"""MQTT session: the agent's state for peers and operators (and sensor and peer topics in).
 
 publish() never blocks and never raises, so probes and the core can call it from
 anywhere on the loop. Retained topics are cached (latest value per topic) and
 republished after every reconnect: with a non-persistent broker or a broker restart
-the retained state would otherwise be gone. A Last Will marks the node offline when
-the connection dies; a deliberate stop() publishes offline itself, because a clean
-DISCONNECT makes the broker discard the Will.
+the retained state would otherwise be gone.
 
-Subscriptions (facility/BMS sensor topics) are declared with set_subscriptions()
-and made again on every connection; a handler gets (topic, payload) on the loop.
+Sessions (after Sparkplug 3.0): every connection attempt takes a new epoch, larger
+than any before it (persisted). The birth (`status` online), the Last Will (`status`
+offline) and every retained JSON document carry it, so a consumer can tell a late Will
+or a stale retained document of an older session from the live one. A deliberate
+stop() publishes offline itself, because a clean DISCONNECT makes the broker discard
+the Will. If our own death shows up while we are connected (a late Will through a
+bridge), or anyone asks on `rebirth`, everything retained is published again.
+
+MQTT 5 by default: message expiry (heartbeats that vanish when the agent does) and
+subscriptions that never see their own messages echoed twice; 3.1.1 where configured.
+Subscriptions are declared with set_subscriptions() (wildcards allowed) and made again
+on every connection; a handler gets each Received message on the loop.
 """
 
 from __future__ import annotations
@@ -19,21 +27,56 @@ import json
 import logging
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from structlog.typing import FilteringBoundLogger
 
 from trunkguard.obs.logging import get_logger
 
 STATUS = "status"
-ONLINE = b"online"
-OFFLINE = b"offline"
+REBIRTH = "rebirth"
 _WILDCARDS = ("+", "#")
-Handler = Callable[[str, bytes], None]
+_REBIRTH_EVERY = 1.0  # seconds: at most one rebirth per second, whoever asks
+Payload = Mapping[str, Any] | str | bytes
+
+
+class Received(NamedTuple):
+    topic: str
+    payload: bytes
+    retained: bool  # delivered from the broker's store, not live
+    expiry: float | None  # MQTT 5 message expiry left, seconds
+
+
+Handler = Callable[[Received], None]
+
+
+def wall_iso(t: float | None = None) -> str:
+    """A wall-clock time as UTC ISO 8601 with milliseconds (what every document shows)."""
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+def status_doc(online: bool, epoch: int, connected_at: str) -> bytes:
+    word = "online" if online else "offline"
+    return encode({"status": word, "epoch": epoch, "connected_at": connected_at})
+
+
+def valid_filter(topic: str) -> bool:
+    """An MQTT topic filter: '+' a whole level, '#' only the whole last level."""
+    levels = topic.split("/")
+    if not topic or any(not lv for lv in levels):
+        return False
+    for i, lv in enumerate(levels):
+        if ("+" in lv and lv != "+") or ("#" in lv and (lv != "#" or i != len(levels) - 1)):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -55,6 +98,7 @@ class MqttSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     tls: bool = False  # TLS with the system trust store; implied by tls_ca_file/tls_cert_file
+    protocol: int = 5  # 5, or 4 for MQTT 3.1.1 (no message expiry)
 
     def __post_init__(self) -> None:
         for name in ("site", "node"):
@@ -67,13 +111,15 @@ class MqttSettings:
             raise ValueError(f"mqtt qos must be 0, 1 or 2: {self.qos}")
         if self.keepalive <= 0 or not 0 < self.backoff_initial <= self.backoff_max:
             raise ValueError("mqtt keepalive and backoff must be positive, initial <= max")
+        if self.protocol not in (4, 5):
+            raise ValueError(f"mqtt protocol must be 5 or 4 (3.1.1): {self.protocol}")
 
     @property
     def use_tls(self) -> bool:
         return self.tls or bool(self.tls_ca_file or self.tls_cert_file)
 
 
-def encode(payload: Mapping[str, Any] | str | bytes) -> bytes:
+def encode(payload: Payload) -> bytes:
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, str):
@@ -89,15 +135,21 @@ class MqttPublisher:
         log: FilteringBoundLogger | None = None,
         on_connected: Callable[[bool], None] | None = None,
         queue_max: int = 1000,
+        epochs: Callable[[], int] | None = None,  # the next epoch (blocking: persisted)
     ) -> None:
         self.settings = settings
         self._log = (log or get_logger("trunkguard.bus.mqtt")).bind(
             broker=f"{settings.host}:{settings.port}"
         )
         self._on_connected = on_connected
-        self._retained: dict[str, bytes] = {}
+        self._epochs = epochs or (lambda: time.time_ns() // 1_000_000)
+        self.epoch = 0  # of the session being made or live
+        self._connected_at = ""
+        self._retained: dict[str, tuple[Payload, float | None]] = {}  # payload, expiry
         self._dirty: dict[str, None] = {}  # retained topics not yet sent this session
         self._queue: deque[tuple[str, bytes]] = deque(maxlen=max(1, queue_max))
+        self._rebirth_at = -_REBIRTH_EVERY
+        self.rebirths = 0
         self._dropped = 0
         self._connected = False
         self._wake = asyncio.Event()
@@ -107,8 +159,15 @@ class MqttPublisher:
         self._flush_deadline = 0.0  # loop time; set by stop()
         self._paho = _PahoDetail()
         self._paho_log = self._paho.logger()
-        self._handlers: dict[str, Handler] = {}
+        # Our own status (to notice our death published while alive) and rebirth requests.
+        self._internal: dict[str, Handler] = {
+            self.topic(STATUS): self._own_status,
+            self.topic(REBIRTH): lambda _m: self._asked_rebirth(),
+        }
+        self._handlers: dict[str, Handler] = dict(self._internal)
+        self._wildcards: list[tuple[str, Handler]] = []
         self._subscribed: set[str] = set()  # in this session
+        self._impostor = False
 
     @property
     def base(self) -> str:
@@ -131,18 +190,32 @@ class MqttPublisher:
         return f"{self.base}/{sub}"
 
     def publish(
-        self, subtopic: str, payload: Mapping[str, Any] | str | bytes, *, retain: bool = False
+        self,
+        subtopic: str,
+        payload: Payload,
+        *,
+        retain: bool = False,
+        expiry: float | None = None,
     ) -> None:
-        """Queue a message; retained ones are cached. b"" with retain=True clears the topic."""
+        """Queue a message; retained ones are cached. b"" with retain=True clears the topic.
+
+        A retained JSON document gets its publication time now and the session's epoch
+        when it is sent. `expiry`: MQTT 5 message expiry, seconds (retained only)."""
         try:
             if subtopic.strip("/") == STATUS:
                 raise ValueError("status is reserved for online/offline")
-            topic, data = self.topic(subtopic), encode(payload)
+            topic = self.topic(subtopic)
+            if isinstance(payload, Mapping):
+                if retain:
+                    payload = {**payload, "published_at": wall_iso()}
+                data = encode(payload)
+            else:
+                data = encode(payload)
         except Exception as exc:  # the caller's bug must not take down the caller
             self._log.warning("mqtt publish rejected", subtopic=subtopic, error=str(exc))
             return
         if retain:
-            self._retained[topic] = data
+            self._retained[topic] = (payload if isinstance(payload, Mapping) else data, expiry)
             self._dirty[topic] = None
         else:
             if len(self._queue) == self._queue.maxlen:
@@ -152,13 +225,35 @@ class MqttPublisher:
             self._queue.append((topic, data))
         self._wake.set()
 
+    def ask_rebirth(self, site: str, node: str) -> None:
+        """Ask another node to publish its retained state again (its broker lost it)."""
+        prefix = self.settings.prefix.strip("/")
+        if all(valid_filter(x) and not any(w in x for w in _WILDCARDS) for x in (site, node)):
+            self._queue.append((f"{prefix}/{site}/{node}/{REBIRTH}", b"{}"))
+            self._wake.set()
+
     def set_subscriptions(self, handlers: Mapping[str, Handler]) -> None:
-        """The topics to receive (concrete, no wildcards) and who gets each message."""
+        """The topic filters to receive and who gets each message (exact topics first)."""
         for topic in handlers:
-            if not topic or any(w in topic for w in _WILDCARDS):
+            if not valid_filter(topic):
                 raise ValueError(f"invalid topic to subscribe {topic!r}")
         self._handlers = dict(handlers)
+        self._handlers.update(self._internal)
+        self._wildcards = [
+            (t, h) for t, h in self._handlers.items() if any(w in t for w in _WILDCARDS)
+        ]
         self._wake.set()
+
+    def rebirth(self) -> bool:
+        """Publish everything retained again (asked on `rebirth`); rate-limited."""
+        now = asyncio.get_running_loop().time()
+        if now - self._rebirth_at < _REBIRTH_EVERY:
+            return False
+        self._rebirth_at = now
+        self.rebirths += 1
+        self._dirty = dict.fromkeys([self.topic(STATUS), *self._retained])
+        self._wake.set()
+        return True
 
     async def run(self) -> None:
         """Connect, publish and reconnect until stop(); never raises MqttError."""
@@ -170,12 +265,13 @@ class MqttPublisher:
         delay = s.backoff_initial
         try:
             while not self._stop.is_set():
+                await self._new_epoch()
                 try:
                     async with self._client() as client:
                         self._set_connected(True)
                         delay = s.backoff_initial
                         self._paho.take()  # stale detail from before this connection
-                        self._log.info("mqtt connected", base=self.base)
+                        self._log.info("mqtt connected", base=self.base, epoch=self.epoch)
                         await self._session(client)
                 except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS files unreadable
                     event = "mqtt disconnected" if self._connected else "mqtt connect failed"
@@ -207,8 +303,22 @@ class MqttPublisher:
             self._log.warning("mqtt stop timeout", timeout=timeout)
             task.cancel()
 
+    async def _new_epoch(self) -> None:
+        """A new session: its epoch (persisted before it is used) and connect time."""
+        try:
+            self.epoch = await asyncio.to_thread(self._epochs)
+        except (OSError, ValueError) as exc:
+            # Never reuse an epoch: the clock in ms is larger than any counted one.
+            self.epoch = max(self.epoch + 1, time.time_ns() // 1_000_000)
+            self._log.warning("cannot save the mqtt epoch", error=str(exc), epoch=self.epoch)
+        self._connected_at = wall_iso()
+
+    def _status(self, online: bool) -> bytes:
+        return status_doc(online, self.epoch, self._connected_at)
+
     def _client(self) -> aiomqtt.Client:
         s = self.settings
+        v5 = s.protocol == 5
         return aiomqtt.Client(
             s.host,
             s.port,
@@ -216,10 +326,13 @@ class MqttPublisher:
             password=s.password,
             identifier=s.client_id,
             logger=self._paho_log,
-            will=aiomqtt.Will(self.topic(STATUS), OFFLINE, qos=1, retain=True),
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.topic(STATUS), self._status(False), qos=1, retain=True),
             keepalive=max(1, round(s.keepalive)),
             timeout=max(1.0, min(s.keepalive, 10.0)),
             tls_context=self._tls_context() if s.use_tls else None,
+            # Bounded: a flood on a subscribed topic waits in the broker, not in our RAM.
+            max_queued_incoming_messages=10_000,
         )
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -237,16 +350,19 @@ class MqttPublisher:
         watcher = asyncio.create_task(self._receive(client))
         try:
             if not self._stop.is_set():
-                await self._guard(client.publish(status, ONLINE, qos=1, retain=True), watcher)
+                online = self._status(True)
+                await self._guard(client.publish(status, online, qos=1, retain=True), watcher)
                 self._dirty = dict.fromkeys(self._retained)
                 await self._pump(client, watcher)
-            await self._guard(client.publish(status, OFFLINE, qos=1, retain=True), watcher)
+            offline = self._status(False)
+            await self._guard(client.publish(status, offline, qos=1, retain=True), watcher)
         except asyncio.CancelledError:
             # Cancelled without stop(): the clean disconnect that follows suppresses the
             # Will, so say offline ourselves (best effort) rather than stay "online".
             if not self._stop.is_set() and not watcher.done():
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(client.publish(status, OFFLINE, qos=1, retain=True), 1.0)
+                    offline = self._status(False)
+                    await asyncio.wait_for(client.publish(status, offline, qos=1, retain=True), 1.0)
             raise
         finally:
             watcher.cancel()
@@ -300,24 +416,57 @@ class MqttPublisher:
             topic = str(msg.topic)
             handler = self._handlers.get(topic)
             if handler is None:
+                handler = next((h for f, h in self._wildcards if msg.topic.matches(f)), None)
+            if handler is None:
                 continue
             raw = msg.payload
             data = raw if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            left = getattr(msg.properties, "MessageExpiryInterval", None)
+            received = Received(topic, bytes(data), bool(msg.retain), left)
             try:
-                handler(topic, bytes(data))
+                handler(received)
             except Exception as exc:  # a handler's bug must not end the session
                 self._log.warning("mqtt handler failed", topic=topic, error=repr(exc))
+
+    def _own_status(self, m: Received) -> None:
+        """Our status as the broker holds it: heal it if it says we are dead."""
+        if self._stop.is_set() or not self._connected:
+            return
+        try:
+            doc = json.loads(m.payload)
+            online, epoch = doc["status"] == "online", int(doc["epoch"])
+        except (ValueError, TypeError, KeyError):
+            online, epoch = False, -1  # garbage in our own status slot: replace it
+        if online and epoch > self.epoch and not self._impostor:
+            self._impostor = True
+            self._log.error("another agent publishes as this node", epoch=epoch, base=self.base)
+        if not online or epoch < self.epoch:
+            self._log.warning("own death seen while connected: birth again", epoch=epoch)
+            self._dirty[self.topic(STATUS)] = None
+            self._wake.set()
+
+    def _asked_rebirth(self) -> None:
+        if self.rebirth():
+            self._log.info("rebirth requested: publishing everything retained again")
 
     async def _send_next(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> bool:
         """Send one pending message; False when nothing is pending."""
         qos = self.settings.qos
         if self._dirty:  # retained first: they carry the current state peers act on
             topic = next(iter(self._dirty))
-            data = self._retained[topic]
-            await self._guard(client.publish(topic, data, qos=qos, retain=True), watcher)
-            if self._retained[topic] is data:  # not replaced while we awaited
-                del self._dirty[topic]
-                if not data:  # the broker dropped the retained message: forget it too
+            kept = self._retained.get(topic)
+            data, props = self._status(True), None  # our status, asked again
+            if kept is not None:
+                payload, expiry = kept
+                data = encode(
+                    {**payload, "epoch": self.epoch} if isinstance(payload, Mapping) else payload
+                )
+                props = self._expiry(expiry)
+            publish = client.publish(topic, data, qos=qos, retain=True, properties=props)
+            await self._guard(publish, watcher)
+            if self._retained.get(topic) is kept:  # not replaced while we awaited
+                self._dirty.pop(topic, None)
+                if kept is not None and not data:  # the broker dropped it: forget it too
                     del self._retained[topic]
         elif self._queue:
             entry = self._queue[0]
@@ -327,6 +476,13 @@ class MqttPublisher:
         else:
             return False
         return True
+
+    def _expiry(self, seconds: float | None) -> Properties | None:
+        if seconds is None or self.settings.protocol != 5:
+            return None  # MQTT 3.1.1 has no expiry: documented, heartbeats judged by age
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.MessageExpiryInterval = max(1, round(seconds))
+        return props
 
     async def _backoff(self, delay: float) -> None:
         # Jitter spreads reconnects of many agents after a broker restart.

@@ -64,6 +64,7 @@ class CoreSpec:
     takeovers: dict[str, TakeoverSpec] = field(default_factory=dict)  # by peer site
     voting: Voting = field(default_factory=Voting)
     heartbeat_expiry: float = 3.0  # our own: how long our echo may be missing
+    session: bool = False  # there is an MQTT session (peers, fencing) to wait for
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,9 @@ class Engine:
             self._sensors[name] = sh
         self._site.spec = spec.site
         self._spec = spec
+        if spec.session and self._connected is None:
+            # Until the first connection we see no peer: fenced, quietly (nothing failed).
+            self._connected, self._fenced = False, "no broker session yet"
         old_p, self._peers = self._peers, {}
         for tid, pspec in spec.peers.items():
             ph = old_p.get(tid)
@@ -467,7 +471,9 @@ class Engine:
                 self._fenced = why  # still fenced, perhaps for another reason now
             return []
         since, self._fenced_since = self._fenced_since, now
-        self._fenced = why
+        first, self._fenced = self._fenced == "no broker session yet", why
+        if first:
+            return []
         if why is None:
             return [Fence(False, now, "broker, own heartbeat and voters seen again", since)]
         return [Fence(True, now, why, since)]

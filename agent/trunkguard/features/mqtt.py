@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -34,6 +34,15 @@ class MqttConfig(Strict):
     tls: MqttTls | None = None
     # Bigger payloads on subscribed topics are read errors, refused before parsing.
     max_payload: int = Field(4096, ge=16, le=1 << 20)
+    # MQTT 5 (message expiry for heartbeats); "3.1.1" only for brokers without it:
+    # retained heartbeats then cannot expire and are not believed, only live ones.
+    protocol: Literal[5, "3.1.1"] = 5
+    heartbeat: Duration = 1.0
+    heartbeat_expiry: Duration | None = None  # default: 3 x heartbeat
+
+    def expiry(self) -> float:
+        """How long our heartbeat proves we are alive (and peers', by default)."""
+        return self.heartbeat_expiry if self.heartbeat_expiry is not None else 3 * self.heartbeat
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:
@@ -65,6 +74,7 @@ class MqttConfig(Strict):
             tls_key_file=tls.key_file if tls else None,
             tls_insecure=tls.insecure if tls else False,
             tls=tls is not None,
+            protocol=5 if self.protocol == 5 else 4,
         )
 
 
@@ -75,6 +85,9 @@ class Mqtt(Feature):
         m = cfg.mqtt
         if m and m.password_file and not Path(m.password_file).is_file():
             return [lines.problem(("mqtt", "password_file"), f"cannot read {m.password_file}")]
+        if m and m.expiry() <= m.heartbeat:
+            msg = "heartbeat_expiry must be longer than heartbeat (3 x is the default)"
+            return [lines.problem(("mqtt", "heartbeat_expiry"), msg)]
         return []
 
 

@@ -34,6 +34,7 @@ class PathConfig(Strict):
     name: Name
     requires: list[TargetRef] = []
     remote: bool = False
+    serves: Name | None = None  # a peer site: active only while we take over its calls
     actions: Actions = Field(default_factory=Actions)
     vars: dict[str, VarValue] = {}  # for templates: routes.<group>.vars.<key>
 
@@ -87,7 +88,7 @@ class Routes(Feature):
 
     def core(self, cfg: Config, spec: CoreSpec) -> None:
         for name, g in cfg.routes.items():
-            paths = tuple(PathSpec(p.name, tuple(p.requires), p.remote) for p in g.paths)
+            paths = tuple(PathSpec(p.name, tuple(p.requires), p.remote, p.serves) for p in g.paths)
             spec.groups.append(GroupSpec(name, paths, g.failback, g.hold, g.mode))
 
 

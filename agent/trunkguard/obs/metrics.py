@@ -39,6 +39,7 @@ class Metrics:
         self._probes(r)
         self._routes(r)
         self._sensors(r)
+        self._peers(r)
         self._process(r, mqtt_enabled)
         self._group_paths: dict[str, set[str]] = {}
 
@@ -190,6 +191,39 @@ class Metrics:
             "trunkguard_evacuations_total",
             "Site evacuations started (by rule or by operator).",
             ["cause"],
+            registry=r,
+        )
+
+    def _peers(self, r: CollectorRegistry) -> None:
+        self.peer_up = Gauge(
+            "trunkguard_peer_up",
+            "1 while the peer site is up (fresh heartbeat, not evacuating).",
+            ["peer"],
+            registry=r,
+        )
+        self.takeover_active = Gauge(
+            "trunkguard_takeover_active",
+            "1 while this agent serves the peer site's calls (taken over).",
+            ["peer"],
+            registry=r,
+        )
+        self.takeovers_total = Counter(
+            "trunkguard_takeovers_total",
+            "Takeovers of a peer's calls by result: taken, released, lost (a rival's "
+            "claim won), refused_partition, refused_quorum, refused_evacuating.",
+            ["peer", "result"],
+            registry=r,
+        )
+        self.fenced = Gauge(
+            "trunkguard_fenced",
+            "1 while this agent is fenced (cannot see the broker, its own heartbeat or "
+            "any other voter): it keeps its routing and claims nothing.",
+            registry=r,
+        )
+        self.peer_messages_total = Counter(
+            "trunkguard_peer_messages_total",
+            "Messages from peers by result: ok, stale (older session), invalid.",
+            ["peer", "result"],
             registry=r,
         )
 

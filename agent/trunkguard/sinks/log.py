@@ -9,10 +9,12 @@ from trunkguard.act.converge import ApplyReport
 from trunkguard.core.events import (
     Decision,
     DestTransition,
+    Fence,
     Level,
     SensorChange,
     SiteChange,
     SiteState,
+    TakeoverChange,
     Transition,
 )
 from trunkguard.hub import Hub
@@ -28,6 +30,8 @@ class LogSink:
         hub.subscribe(SensorChange, self.sensor)
         hub.subscribe(SiteChange, self.site)
         hub.subscribe(Decision, self.decision)
+        hub.subscribe(TakeoverChange, self.takeover)
+        hub.subscribe(Fence, self.fence)
         hub.subscribe(ApplyReport, self.report)
 
     def transition(self, t: Transition) -> None:
@@ -66,6 +70,25 @@ class LogSink:
             kind=d.kind.value,
             reason=d.reason,
         )
+
+    def takeover(self, c: TakeoverChange) -> None:
+        alarm = c.result.startswith("refused") or c.result in ("taken", "lost")
+        log = self.log.error if alarm else self.log.warning
+        log(
+            "takeover",
+            peer=c.peer,
+            old=c.old.value,
+            new=c.new.value,
+            result=c.result or None,
+            reason=c.reason,
+        )
+
+    def fence(self, f: Fence) -> None:
+        if f.on:
+            self.log.error("fenced: keeping own routing, claiming nothing", reason=f.reason)
+        else:
+            lasted = round(f.at - f.since, 1)
+            self.log.warning("fence ended", reason=f.reason, fenced_s=lasted)
 
     def report(self, r: ApplyReport) -> None:
         if not r.ok:

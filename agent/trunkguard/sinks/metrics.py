@@ -11,6 +11,7 @@ from trunkguard.core.events import (
     DecisionKind,
     DestTransition,
     Event,
+    Fence,
     Level,
     SensorChange,
     SensorFault,
@@ -18,8 +19,10 @@ from trunkguard.core.events import (
     SiteChange,
     SiteState,
     State,
+    TakeoverChange,
     Transition,
 )
+from trunkguard.core.ids import Kind
 from trunkguard.hub import Hub
 from trunkguard.obs.metrics import Metrics
 
@@ -37,6 +40,8 @@ class MetricsSink:
         hub.subscribe(SensorFault, self.fault)
         hub.subscribe(SiteChange, self.site)
         hub.subscribe(Decision, self.decision)
+        hub.subscribe(TakeoverChange, self.takeover)
+        hub.subscribe(Fence, self.fence)
         hub.subscribe(ApplyReport, self.report)
         hub.after_each(self.batch)
         self.configured(hub.engine)
@@ -46,12 +51,20 @@ class MetricsSink:
         for name, sh in engine.sensors.items():
             if sh.level is Level.UNKNOWN:
                 self.m.set_sensor_state(name, Level.UNKNOWN.value, LEVELS)
+        for tid in engine.peers:
+            self.m.peer_up.labels(tid.name)  # 0 until the first heartbeat
+        for peer, tk in engine.takeovers.items():
+            self.m.takeover_active.labels(peer).set(1 if tk.serving else 0)
+            for result in ("taken", "refused_partition", "refused_quorum"):
+                self.m.takeovers_total.labels(peer, result)
 
     def transition(self, t: Transition) -> None:
         kind, name = t.target.kind.value, t.target.name
         self.m.set_target_state(kind, name, t.new.value, STATES)
         self.m.target_up.labels(kind=kind, name=name).set(1 if t.new is State.UP else 0)
         self.m.transitions_total.labels(kind=kind, name=name, to=t.new.value).inc()
+        if t.target.kind is Kind.PEER:
+            self.m.peer_up.labels(name).set(1 if t.new is State.UP else 0)
 
     def dest_transition(self, t: DestTransition) -> None:
         up = 1 if t.new is State.UP else 0
@@ -87,6 +100,14 @@ class MetricsSink:
             self.m.failovers_total.labels(group=d.group).inc()
         elif d.kind is DecisionKind.FAILBACK:
             self.m.failbacks_total.labels(group=d.group).inc()
+
+    def takeover(self, c: TakeoverChange) -> None:
+        if c.result:
+            self.m.takeovers_total.labels(c.peer, c.result).inc()
+        self.m.takeover_active.labels(c.peer).set(1 if self.engine.takeovers[c.peer].serving else 0)
+
+    def fence(self, f: Fence) -> None:
+        self.m.fenced.set(1 if f.on else 0)
 
     def batch(self, events: Sequence[Event]) -> None:
         for name, g in self.engine.groups.items():

@@ -15,8 +15,10 @@ from typing import Any
 from trunkguard import __version__
 from trunkguard.core.engine import Engine
 from trunkguard.core.events import ProbeOutcome, State
-from trunkguard.core.ids import TargetId
+from trunkguard.core.ids import Kind, TargetId
+from trunkguard.core.peer import PeerHealth
 from trunkguard.core.sensor import SensorHealth
+from trunkguard.core.takeover import Takeover
 
 Json = dict[str, Any]
 SCHEMA = 1
@@ -47,8 +49,10 @@ class Facts:
 
 
 def target(engine: Engine, tid: TargetId, f: Facts) -> Json:
-    if tid not in engine.targets:
+    if tid.kind is Kind.LINK:
         return link(engine, tid, f)
+    if tid.kind is Kind.PEER:
+        return peer(engine.peers[tid], f)
     th = engine.targets[tid]
     out: Json = {"state": th.state.value, "since": f.wall(th.since), "reason": th.reason}
     o = f.probes.get(tid)
@@ -79,6 +83,53 @@ def link(engine: Engine, tid: TargetId, f: Facts) -> Json:
     if due is not None:
         out["settles_at"] = f.wall(due)
     return out
+
+
+def peer(ph: PeerHealth, f: Facts) -> Json:
+    """A peer site: its state, and each node's session with the age of its heartbeat."""
+    out: Json = {"state": ph.state.value, "since": f.wall(ph.since), "reason": ph.reason}
+    nodes: Json = {}
+    for node, s in ph.sessions.items():
+        n: Json = {"epoch": s.epoch if s.epoch >= 0 else None, "dead": s.dead}
+        if s.fresh_until is not None:
+            n["heartbeat_until"] = f.wall(s.fresh_until)
+        if s.evacuating:
+            n["evacuating"] = True
+        if s.fenced:
+            n["fenced"] = True
+        nodes[node] = n
+    out["nodes"] = nodes
+    if ph.stale:
+        out["stale_messages"] = ph.stale
+    return out
+
+
+def takeover(tk: Takeover, f: Facts) -> Json:
+    s = tk.spec
+    return {
+        "state": tk.state.value,
+        "since": f.wall(tk.since),
+        "reason": tk.reason,
+        "serving": tk.serving,
+        "confirm": [str(t) for t in s.confirm],
+        "fence_s": s.fence,
+        "hold_s": s.hold,
+        "release": s.release.value,
+        "rival_claims": dict(tk.claims),
+    }
+
+
+def heartbeat(engine: Engine, f: Facts, seq: int, interval: float, expiry: float) -> Json:
+    """The small retained heartbeat: alive, our site's state, and our votes on peers."""
+    return {
+        "seq": seq,
+        "interval_s": interval,
+        "expiry_s": expiry,
+        "site": engine.site.state.value,
+        "peers": {t.name: ph.state.value for t, ph in engine.peers.items()},
+        "takeovers": {p: tk.state.value for p, tk in engine.takeovers.items()},
+        "fenced": engine.fenced is not None,
+    }
 
 
 def sensor(sh: SensorHealth, now: float, f: Facts) -> Json:
@@ -119,6 +170,7 @@ def route(engine: Engine, group: str) -> Json:
         "mode": g.spec.mode.value,
         "pinned": g.pinned,
         "evacuated": g.evacuated,
+        "took_over": g.took_over,
         "alarm": g.alarm,
         "ready": g.ready,
         "failback": g.spec.failback.value,
@@ -127,6 +179,7 @@ def route(engine: Engine, group: str) -> Json:
             {
                 "name": p.name,
                 "remote": p.remote,
+                "serves": p.serves,
                 "requires": [str(t) for t in p.requires],
                 "qualifies": all(states.get(t) is State.UP for t in p.requires),
             }
@@ -147,6 +200,9 @@ def snapshot(engine: Engine, now: float, f: Facts) -> Json:
         "links": {str(t): link(engine, t, f) for t in engine.links},
         "sensors": {n: sensor(sh, now, f) for n, sh in engine.sensors.items()},
         "evacuation": site(engine, f),
+        "peers": {t.name: peer(ph, f) for t, ph in engine.peers.items()},
+        "takeovers": {p: takeover(tk, f) for p, tk in engine.takeovers.items()},
+        "fenced": engine.fenced,
         "routes": {g: route(engine, g) for g in engine.groups},
         "actuators": {name: {"converged": ok} for name, ok in f.actuators.items()},
         "mqtt": None if f.mqtt is None else {"connected": f.mqtt},

@@ -7,11 +7,11 @@ of SensorConfig below: its key in the config is the field's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from trunkguard.bus.mqtt import Handler, Received
 from trunkguard.core.engine import CoreSpec
 from trunkguard.core.sensor import SensorSpec
 from trunkguard.features.base import Context, Feature, Parts
@@ -151,12 +151,13 @@ class Sensors(Feature):
         poller = SensorWatcher(plans, hub.sample, log=ctx.log, clock=hub.clock, env=ctx.env)
         return Parts(tasks=[("sensors", poller.run)])
 
-    def _pushed(self, ctx: Context, plan: SensorPlan) -> Callable[[str, bytes], None]:
+    def _pushed(self, ctx: Context, plan: SensorPlan) -> Handler:
         assert isinstance(plan.source, MqttSource)
         src, hub = plan.source, ctx.hub
         limit = ctx.cfg.mqtt.max_payload if ctx.cfg.mqtt else 4096
 
-        def handle(topic: str, payload: bytes) -> None:
+        def handle(m: Received) -> None:
+            topic, payload = m.topic, m.payload
             try:
                 if len(payload) > limit:
                     raise SensorReadError(f"payload of {len(payload)} bytes (max_payload {limit})")
