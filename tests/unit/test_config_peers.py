@@ -111,7 +111,12 @@ def test_wire_reads_births_heartbeats_and_claims() -> None:
     b = wire.beat("site-a", "sbc1", msg(doc), 4096, 3.0)
     assert b.evacuating and b.views == {"site-b": State.DOWN} and b.ttl == 3.0
     assert wire.claim("site-c", "n", "site-a", msg(None, raw=b""), 4096).epoch is None
-    assert wire.claim("site-c", "n", "site-a", msg({"epoch": 9}), 4096).epoch == 9
+    claimed = msg({"epoch": 9, "claimed": True})
+    assert wire.claim("site-c", "n", "site-a", claimed, 4096).epoch == 9
+    withdrawn = msg({"epoch": 9, "claimed": False})
+    assert wire.claim("site-c", "n", "site-a", withdrawn, 4096).epoch is None
+    with pytest.raises(wire.WireError, match="claimed must be"):
+        wire.claim("site-c", "n", "site-a", msg({"epoch": 9}), 4096)
 
 
 @pytest.mark.parametrize(

@@ -162,8 +162,10 @@ def test_dead_peer_with_silent_sbc_is_taken_over_after_the_fence() -> None:
     assert d.reason == "taking over site-a's calls"
     assert e.intent().takeovers == frozenset({"site-a"})
 
-    # A comes back: no swap until it has been up for `hold`; a flap restarts nothing.
-    evs = e.observe_peer(beat(epoch=6), 20.0)
+    # A's agent comes back, its SBC still dark: nothing goes back to it.
+    assert of(e.observe_peer(beat(epoch=6), 19.0), TakeoverChange) == []
+    # Both back: no swap until they have been up for `hold`; a flap restarts nothing.
+    evs = sbc(e, True, 20.0)
     [releasing] = of(evs, TakeoverChange)
     assert releasing.new is TakeoverState.RELEASING and of(evs, Decision) == []
     evs = e.observe_peer(PeerStatus("site-a", "sbc1", 6, False), 25.0)

@@ -40,6 +40,7 @@ from trunkguard.core.trunk import SINGLE, Quorum, TrunkHealth
 
 _DEP_DOWN = (State.DOWN, State.MAINTENANCE)
 NOTHING: Sequence[Event] = ()  # the answer to almost every probe: no allocation
+_NO_SESSION = "no broker session yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ class Engine:
         self._spec = spec
         if spec.session and self._connected is None:
             # Until the first connection we see no peer: fenced, quietly (nothing failed).
-            self._connected, self._fenced = False, "no broker session yet"
+            self._connected, self._fenced = False, _NO_SESSION
         old_p, self._peers = self._peers, {}
         for tid, pspec in spec.peers.items():
             ph = old_p.get(tid)
@@ -206,7 +207,7 @@ class Engine:
             for t in gp.spec.targets:
                 self._groups_of.setdefault(t, []).append(gp)
         self._view = _States(self._targets, self._links, self._peers)
-        return self._after(changed, now, now, site=True, all_groups=True)
+        return self._after(changed, now, now, site=True)
 
     def _trunk(self, tid: TargetId, ts: TrunkSpec) -> TrunkHealth:
         th = self._targets.get(tid)
@@ -453,7 +454,7 @@ class Engine:
         why: str | None = None
         voting = self._spec.voting
         if self._connected is False:
-            why = "lost the broker"
+            why = _NO_SESSION if self._fenced == _NO_SESSION else "lost the broker"
         elif self._echo_until is not None and now >= self._echo_until:
             why = "own heartbeat not seen back through the broker"
         elif voting.quorum is QuorumMode.MAJORITY:
@@ -471,7 +472,7 @@ class Engine:
                 self._fenced = why  # still fenced, perhaps for another reason now
             return []
         since, self._fenced_since = self._fenced_since, now
-        first, self._fenced = self._fenced == "no broker session yet", why
+        first, self._fenced = self._fenced == _NO_SESSION, why
         if first:
             return []
         if why is None:

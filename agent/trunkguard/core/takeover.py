@@ -120,7 +120,10 @@ class Takeover:
             rival = self._rival(ctx.epoch)
             if rival is not None:
                 return self._move(TakeoverState.IDLE, now, rival, "lost")
-            if peer is State.UP:
+            # Back means its agent (heartbeat) and its SBC (our probes): calls sent back
+            # to an agent whose SBC is still dark would be lost.
+            sbc_down = [t for t in self.spec.confirm if ctx.states.get(t) is not State.UP]
+            if peer is State.UP and not sbc_down:
                 if self.state is TakeoverState.ACTIVE:
                     how = f"releasing after {self.spec.hold:g}s up"
                     if self.spec.release is Release.MANUAL:
@@ -132,6 +135,8 @@ class Takeover:
                 return None
             if self.state is TakeoverState.RELEASING:
                 why = f"{self.spec.peer} {peer} again during the hold"
+                if peer is State.UP:
+                    why = f"{', '.join(map(str, sbc_down))} not up again during the hold"
                 return self._move(TakeoverState.ACTIVE, now, why, "")
             return None
         if peer is State.EVACUATING:

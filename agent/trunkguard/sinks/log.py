@@ -1,7 +1,10 @@
-"""The log: one structured line per transition, decision, sensor and site change, and
-per failed or drift-repairing actuator run."""
+"""The log: one structured line per transition, decision, sensor, site, takeover and
+fence change, per route group that loses (or regains) every path, and per failed or
+drift-repairing actuator run."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from structlog.typing import FilteringBoundLogger
 
@@ -9,11 +12,13 @@ from trunkguard.act.converge import ApplyReport
 from trunkguard.core.events import (
     Decision,
     DestTransition,
+    Event,
     Fence,
     Level,
     SensorChange,
     SiteChange,
     SiteState,
+    State,
     TakeoverChange,
     Transition,
 )
@@ -24,7 +29,8 @@ _ALARMS = (Level.WARN, Level.CRITICAL, Level.STALE)
 
 class LogSink:
     def __init__(self, hub: Hub, log: FilteringBoundLogger) -> None:
-        self.log = log
+        self.log, self.engine = log, hub.engine
+        self.alarms: set[str] = set()  # groups without a qualifying path, as last logged
         hub.subscribe(Transition, self.transition)
         hub.subscribe(DestTransition, self.dest_transition)
         hub.subscribe(SensorChange, self.sensor)
@@ -33,6 +39,7 @@ class LogSink:
         hub.subscribe(TakeoverChange, self.takeover)
         hub.subscribe(Fence, self.fence)
         hub.subscribe(ApplyReport, self.report)
+        hub.after_each(self.batch)
 
     def transition(self, t: Transition) -> None:
         self.log.info(
@@ -70,6 +77,25 @@ class LogSink:
             kind=d.kind.value,
             reason=d.reason,
         )
+
+    def batch(self, events: Sequence[Event]) -> None:
+        """A group with no path left is an alarm, said once (not a silent black hole)."""
+        states = self.engine.states()
+        for name, g in self.engine.groups.items():
+            if g.alarm == (name in self.alarms):
+                continue
+            if g.alarm:
+                self.alarms.add(name)
+                unmet = [
+                    f"{p.name}: " + ", ".join(f"{t} {states.get(t, State.UNKNOWN)}" for t in bad)
+                    for p in g.spec.paths
+                    if (bad := [t for t in p.requires if states.get(t) is not State.UP])
+                ]
+                keep = "-" if g.active is None else str(g.active)
+                self.log.error("route group has no path", group=name, kept=keep, unmet=unmet)
+            else:
+                self.alarms.discard(name)
+                self.log.warning("route group has a path again", group=name)
 
     def takeover(self, c: TakeoverChange) -> None:
         alarm = c.result.startswith("refused") or c.result in ("taken", "lost")

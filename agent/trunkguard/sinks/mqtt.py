@@ -96,10 +96,7 @@ class MqttSink:
 
     def takeover(self, c: TakeoverChange) -> None:
         if c.old is not c.new:
-            if self.hub.engine.takeovers[c.peer].serving:
-                self._claim(c.peer)
-            else:
-                self.mqtt.publish(f"takeover/{c.peer}", b"", retain=True)  # withdrawn
+            self._claim(c.peer)
         self._event(
             "takeover",
             c.at,
@@ -111,9 +108,18 @@ class MqttSink:
         )
 
     def _claim(self, peer: str) -> None:
+        """Our claim as it stands. Withdrawn is a document too, not an empty payload: a
+        bridge that was down while a topic was cleared never hears of it (mosquitto
+        2.0.11 resyncs only what is retained), and the stale claim would stand."""
         tk = self.hub.engine.takeovers[peer]
-        doc = {"peer": peer, "state": tk.state.value, "since": self.facts().wall(tk.since)}
-        self.mqtt.publish(f"takeover/{peer}", {**doc, "reason": tk.reason}, retain=True)
+        doc = {
+            "peer": peer,
+            "state": tk.state.value,
+            "claimed": tk.serving,
+            "since": self.facts().wall(tk.since),
+            "reason": tk.reason,
+        }
+        self.mqtt.publish(f"takeover/{peer}", doc, retain=True)
 
     def fence(self, f: Fence) -> None:
         self._event("fence", f.at, on=f.on, reason=f.reason, lasted_s=round(f.at - f.since, 1))

@@ -174,7 +174,8 @@ class PeerInput:
                 beat = wire.beat(site, node, m, self.limit, ttl)
                 stale_before = self._stale(site)
                 self.hub.peer(beat)
-                self._rebirth_if_unborn(site, node)
+                if not m.retained:  # retained: its status may simply come next
+                    self._rebirth_if_unborn(site, node)
             elif what == "takeover":
                 if (site, node) == self.me:
                     return

@@ -87,6 +87,11 @@ def beat(site: str, node: str, m: Received, limit: int, ttl: float) -> PeerBeat:
 
 
 def claim(site: str, node: str, peer: str, m: Received, limit: int) -> Claim:
+    """A claim stands while its document says claimed: true (empty: cleared)."""
     if not m.payload:
         return Claim(site, node, peer, None)
-    return Claim(site, node, peer, _epoch(_doc(m, limit)))
+    doc = _doc(m, limit)
+    claimed = doc.get("claimed")
+    if not isinstance(claimed, bool):
+        raise WireError("claimed must be true or false")
+    return Claim(site, node, peer, _epoch(doc) if claimed else None)
