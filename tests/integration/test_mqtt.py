@@ -396,3 +396,46 @@ async def test_subscriptions_are_delivered_changed_and_renewed_after_restart(mq:
             pub.set_subscriptions({bad: lambda m: None})
     await pub.stop()
     await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+async def test_heartbeat_expiry_with_mqtt5_and_none_with_311(mq: Broker, protocol: int) -> None:
+    conns = Connections()
+    pub = MqttPublisher(settings(mq, protocol=protocol), on_connected=conns)
+    pub.publish("heartbeat", {"seq": 1}, retain=True, expiry=3.0)
+    task = asyncio.create_task(pub.run())
+    assert await conns.next() is True
+    v5 = aiomqtt.ProtocolVersion.V5
+    async with aiomqtt.Client(
+        mq.host, mq.port, username=WATCHER, password=WATCHER_PW, protocol=v5
+    ) as w:
+        await w.subscribe(f"{BASE}/#", qos=1)
+        seen = await expect(w, {f"{BASE}/heartbeat": {"seq": 1}, f"{BASE}/status": ONLINE})
+    hb = seen[f"{BASE}/heartbeat"]
+    left = getattr(hb.properties, "MessageExpiryInterval", None)
+    if protocol == 5:
+        assert left is not None and 1 <= left <= 3  # counted down by the broker
+    else:
+        assert left is None  # 3.1.1 cannot expire it: peers believe only live heartbeats
+    assert json.loads(hb.payload)["epoch"] == pub.epoch  # type: ignore[arg-type]
+    await pub.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_rebirth_request_republishes_and_is_rate_limited(mq: Broker) -> None:
+    conns = Connections()
+    pub = MqttPublisher(settings(mq), on_connected=conns)
+    pub.publish("state", {"seq": 1}, retain=True)
+    task = asyncio.create_task(pub.run())
+    assert await conns.next() is True
+    async with watcher(mq) as w:
+        await expect(w, {f"{BASE}/state": {"seq": 1}})
+        # The broker "lost" it (cleared by someone), then a peer asks for a rebirth.
+        await w.publish(f"{BASE}/state", b"", qos=1, retain=True)
+        await expect(w, {f"{BASE}/state": b""})
+        for _ in range(5):  # a burst counts once
+            await w.publish(f"{BASE}/rebirth", b"{}", qos=1)
+        await expect(w, {f"{BASE}/state": {"seq": 1}, f"{BASE}/status": ONLINE})
+    assert pub.rebirths == 1
+    await pub.stop()
+    await asyncio.wait_for(task, 5)

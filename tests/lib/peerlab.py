@@ -57,7 +57,8 @@ class PeerLab:
         quorum: bool = False,
         extra: str = "",
         hold: str = "3s",
-        heartbeat: str = "500ms",
+        heartbeat: str | None = "500ms",  # None: the product's defaults (and for probes)
+        probe: str | None = "{interval: 500ms, fast_interval: 200ms, timeout: 400ms, fall: 2}",
     ) -> Path:
         s = self.lab[site]
         d = self.tmp / site
@@ -91,7 +92,7 @@ node: {NODE}
 state_dir: {d}/state
 control: {{socket: {d}/control.sock}}
 metrics: null
-probe: {{interval: 500ms, fast_interval: 200ms, timeout: 400ms, rise: 2, fall: 2}}
+{f"probe: {probe}" if probe else ""}
 trunks:
 {trunks or "  {}"}
 peers:
@@ -106,7 +107,7 @@ mqtt:
   username: {s.agent_user}
   password_file: {d}/mqtt.pass
   keepalive: 2s
-  heartbeat: {heartbeat}
+{f"  heartbeat: {heartbeat}" if heartbeat else ""}
 """
         text = text.replace("trunks:\n  {}", "trunks: {}").replace("routes:\n  {}", "routes: {}")
         path = d / "trunkguard.yaml"

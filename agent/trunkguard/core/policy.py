@@ -92,7 +92,8 @@ class GroupPolicy:
     waiting: bool = True  # the last evaluation lacked a verdict: no timer is meaningful
     qualified_since: dict[str, float] = field(default_factory=dict)
 
-    def _qualifies(self, path: PathSpec, states: States) -> bool:
+    def qualifies(self, path: PathSpec, states: States) -> bool:
+        """Every target it requires is up (and, serving a peer, the peer is taken over)."""
         if path.serves is not None and path.serves not in self.serving:
             return False
         return all(states.get(t) is State.UP for t in path.requires)
@@ -114,7 +115,7 @@ class GroupPolicy:
         """Update per-path 'qualifying since' and return the qualifying paths in order."""
         ok: list[PathSpec] = []
         for p in self.spec.paths:
-            if self._qualifies(p, states):
+            if self.qualifies(p, states):
                 self.qualified_since.setdefault(p.name, min(now, cause_at))
                 ok.append(p)
             else:
@@ -308,7 +309,7 @@ class GroupPolicy:
             raise ValueError(f"path {path} serves {spec.serves}, which is not taken over")
         if self.took_over and spec.serves is None:
             raise ValueError(f"path {path} is local and this site is serving a peer's calls")
-        if not self._qualifies(spec, states):
+        if not self.qualifies(spec, states):
             bad = [str(t) for t in spec.requires if states.get(t) is not State.UP]
             raise ValueError(f"path {path} does not qualify: {', '.join(bad)} not up")
         if evacuate is not None and not spec.remote and any(p.remote for p in self.spec.paths):

@@ -14,7 +14,7 @@ from typing import Any
 
 from trunkguard import __version__
 from trunkguard.core.engine import Engine
-from trunkguard.core.events import ProbeOutcome, State
+from trunkguard.core.events import ProbeOutcome
 from trunkguard.core.ids import Kind, TargetId
 from trunkguard.core.peer import PeerHealth
 from trunkguard.core.sensor import SensorHealth
@@ -181,7 +181,7 @@ def route(engine: Engine, group: str) -> Json:
                 "remote": p.remote,
                 "serves": p.serves,
                 "requires": [str(t) for t in p.requires],
-                "qualifies": all(states.get(t) is State.UP for t in p.requires),
+                "qualifies": g.qualifies(p, states),
             }
             for p in g.spec.paths
         ],
