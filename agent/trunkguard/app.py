@@ -209,7 +209,7 @@ class App:
     async def _generation(self) -> None:
         cfg, hub = self.cfg, self.hub
         env = {"TRUNKGUARD_SITE": cfg.site, "TRUNKGUARD_NODE": cfg.node}
-        ctx = Context(cfg, hub, self.metrics, self.log, self.mqtt, env)
+        ctx = Context(cfg, hub, self.metrics, self.log, self.mqtt, env, self.commands.execute)
         parts = [f.build(ctx) for f in FEATURES]
         a = cfg.actuators
         converger = partial(
@@ -221,7 +221,7 @@ class App:
         )
         hub.attach([converger(act) for p in parts for act in p.actuators])
         if self.mqtt is not None:
-            self.mqtt.set_subscriptions(ctx.topics)
+            self.mqtt.set_subscriptions(ctx.topics, frozenset(ctx.as_published))
         try:
             async with asyncio.TaskGroup() as tg:
                 for c in hub.convergers:

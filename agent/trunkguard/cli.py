@@ -44,9 +44,25 @@ def _parser() -> argparse.ArgumentParser:
             "-c", "--config", default=DEFAULT_PATH, help=f"config file ({DEFAULT_PATH})"
         )
 
+    def with_broker(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_argument_group("over MQTT")
+        g.add_argument("--broker", help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
+        g.add_argument("--ca-file", help="CA to verify the broker (mqtts)")
+        g.add_argument("--username", help="broker account")
+        g.add_argument("--password-file", help="the account's password, alone in a file")
+        g.add_argument("--prefix", default="trunkguard", help="topic prefix (trunkguard)")
+
     def with_socket(sp: argparse.ArgumentParser) -> None:
+        """The local socket, or with --site a signed command through the broker."""
         with_config(sp)
         sp.add_argument("--socket", help="control socket (default: from the config)")
+        with_broker(sp)
+        g = sp.add_argument_group("signed, to a site over MQTT (instead of the socket)")
+        g.add_argument("--site", help="the site to command")
+        g.add_argument("--node", help="one node of the site (default: every node)")
+        g.add_argument("--key", help="private key file (from `trunkguard keygen`)")
+        g.add_argument("--key-id", help="the key's name in the agents' config (file name)")
+        g.add_argument("--timeout", type=_seconds, default=10.0, help="wait for results (10s)")
 
     sp = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     with_config(sp)
@@ -91,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_socket(sp)
     sp.add_argument("peer", help="the peer site")
+
+    sp = sub.add_parser("keygen", help="make a key pair for signed commands")
+    sp.add_argument("--out", required=True, help="writes OUT.key (0600) and OUT.pub")
+
+    sp = sub.add_parser("fleet", help="every site and node, from retained MQTT state")
+    with_broker(sp)
+    sp.add_argument("--site", help="only this site")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = sub.add_parser("lab", help="self-contained demo: two carriers, an outage, the timeline")
     sp.add_argument("--hold", type=_seconds, default=3.0, help="failback hold in the demo (3s)")
@@ -205,7 +229,83 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_app(args.config, cfg, json_logs=json_logs))
 
 
+def _action(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line as a command request (what the socket and MQTT both carry)."""
+    req: dict[str, Any] = {"cmd": args.command}
+    if args.command == "failover":
+        req |= {"group": args.group, "path": args.path}
+    elif args.command == "failback":
+        req |= {"group": args.group}
+    elif args.command == "release":
+        req |= {"peer": args.peer}
+    elif args.command == "maintenance":
+        req |= {"target": args.target, "on": args.mode == "on"}
+    return req
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from trunkguard.noc import BrokerOpts
+
+    if not args.broker:
+        raise CommandError("--broker is required")
+    return BrokerOpts(args.broker, args.ca_file, args.username, args.password_file, args.prefix)
+
+
+def _cmd_remote(args: argparse.Namespace) -> int:
+    from trunkguard import noc
+
+    if not args.key:
+        raise CommandError("--key is required with --site (a signed command)")
+    req = _action(args)
+    action = req.pop("cmd")
+    cid, payload = noc.signed(args.key, args.key_id, args.site, args.node, action, req)
+    answers = noc.run(noc.send(_broker(args), cid, payload, args.site, args.node, args.timeout))
+    if not answers:
+        raise CommandError(f"no node of site {args.site} answered within {args.timeout:g}s")
+    if getattr(args, "json", False):
+        print(json.dumps(answers, indent=2, sort_keys=True))
+    for node, a in sorted(answers.items()):
+        where = f"{args.site}/{node}"
+        if not a.get("ok"):
+            print(f"{where}: refused ({a.get('reason')}): {a.get('error')}")
+        elif action == "status" and not getattr(args, "json", False):
+            print(f"{where}:")
+            _print_status(a["result"])
+        elif action != "status":
+            routes = a.get("result", {}).get("routes", {})
+            print(
+                f"{where}: ok; routes now: "
+                + ", ".join(f"{g}={p or '-'}" for g, p in routes.items())
+            )
+    return 0 if all(a.get("ok") for a in answers.values()) else 1
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from trunkguard.noc import keygen
+
+    key, pub, public = keygen(args.out)
+    name = pub.name.removesuffix(".pub")
+    print(f"wrote {key} (private, 0600) and {pub}")
+    rights = "read, maintenance, routing, evacuation"
+    print(f"on each agent, allow it in trunkguard.yaml (rights: {rights}):")
+    print(f"commands:\n  keys:\n    {name}: {{public_key: {public}, allow: [read]}}")
+    return 0
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from trunkguard import noc
+
+    rows = noc.run(noc.fleet(_broker(args), args.site))
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        noc.print_fleet(rows)
+    return 0
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
+    if args.site:
+        return _cmd_remote(args)
     path = _socket_path(args)
     if args.command == "status":
         s = request(path, {"cmd": "status"})
@@ -214,16 +314,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
         else:
             _print_status(s)
         return 0
-    req: dict[str, Any] = {"cmd": args.command}
-    if args.command == "failover":
-        req |= {"group": args.group, "path": args.path}
-    elif args.command == "failback":
-        req |= {"group": args.group}
-    elif args.command == "release":
-        req |= {"peer": args.peer}
-    else:
-        req |= {"target": args.target, "on": args.mode == "on"}
-    res = request(path, req)
+    res = request(path, _action(args))
     routes = ", ".join(f"{g}={p or '-'}" for g, p in res["routes"].items())
     print(f"ok; routes now: {routes}")
     return 0
@@ -256,7 +347,14 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "check-config": _cmd_check, "probe": _cmd_probe, "lab": _cmd_lab}
+    handlers = {
+        "run": _cmd_run,
+        "check-config": _cmd_check,
+        "probe": _cmd_probe,
+        "lab": _cmd_lab,
+        "keygen": _cmd_keygen,
+        "fleet": _cmd_fleet,
+    }
     try:
         return handlers.get(args.command, _cmd_control)(args)
     except ConfigError as e:
@@ -265,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return _err(str(e))
     except KeyboardInterrupt:
         return 130
-    except OSError as e:
+    except (OSError, ValueError) as e:
         return _err(str(e))
     except Exception as e:  # last resort: one line, never a traceback
         return _err(f"internal error: {type(e).__name__}: {e}")

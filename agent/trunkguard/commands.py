@@ -56,6 +56,7 @@ class Release:
 
 
 Command = Status | Failover | Failback | Maintenance | Evacuate | Release
+ACTIONS = frozenset({"status", "failover", "failback", "maintenance", "evacuate", "release"})
 
 
 def _text(req: Mapping[str, Any], key: str) -> str:

@@ -20,6 +20,7 @@ from trunkguard.features.http import ControlConfig, MetricsConfig
 from trunkguard.features.links import LinkConfig
 from trunkguard.features.mqtt import MqttConfig
 from trunkguard.features.peers import PeerConfig, TakeoverConfig
+from trunkguard.features.remote import CommandsConfig
 from trunkguard.features.routes import ActuatorSettings, RouteGroupConfig
 from trunkguard.features.sensors import SensorConfig
 from trunkguard.features.site import EvacuationConfig
@@ -52,6 +53,7 @@ class Config(Strict):
     routes: dict[Name, RouteGroupConfig] = {}
     actuators: ActuatorSettings = Field(default_factory=ActuatorSettings)
     mqtt: MqttConfig | None = None
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
     metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
 
     def targets(self) -> set[TargetId]:

@@ -61,6 +61,24 @@ def next_epoch(state_dir: str | None) -> int:
     return epoch
 
 
+def load_counters(state_dir: str | None) -> dict[str, int]:
+    """The last counter accepted per signing key (signed commands)."""
+    if not state_dir:
+        return {}
+    try:
+        raw = json.loads((Path(state_dir) / "counters.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if type(v) is int}
+
+
+def save_counters(state_dir: str | None, counters: dict[str, int]) -> None:
+    if state_dir:
+        _write(Path(state_dir), "counters.json", json.dumps(counters, sort_keys=True))
+
+
 def save(state_dir: str | None, intent: Intent) -> None:
     if not state_dir:
         return

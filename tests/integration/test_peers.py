@@ -150,6 +150,22 @@ async def test_stale_sessions_do_not_fool_a_peer(tmp_path: Path) -> None:
                     doc = json.loads(m.payload)  # type: ignore[arg-type]
                     if doc["status"] == "online" and doc["epoch"] == epoch:
                         break
+            # Garbage on A's heartbeat topic is refused before the core, once per reason.
+            hb_topic = f"trunkguard/{A}/{NODE}/heartbeat"
+            for junk in (b"\xff" * 10_000, b'{"epoch": "soon"}', b'{"epoch": 1e99}'):
+                await c.publish(hb_topic, junk, qos=1)
+            refused = await asyncio.to_thread(
+                b.wait_for,
+                lambda e: e.get("event") == "peer message refused" and "1e+99" in e["error"],
+                10,
+                "garbage refused",
+                mark_b,
+            )
+            assert refused["peer"] == A
+            said = [
+                e["error"] for e in b.events[mark_b:] if e.get("event") == "peer message refused"
+            ]
+            assert any("max_payload 4096" in e for e in said), said
         st = pl.status(B)["peers"][A]
         assert st["state"] == "up" and st["stale_messages"] >= 1
         assert not any(peer_state(A, "down")(e) for e in b.events[mark_b:])

@@ -39,11 +39,12 @@ from typing import Any
 
 import aiomqtt
 
-from tests.lib.mosquitto import Broker
+from tests.lib.mosquitto import Broker, TlsFiles, make_tls
 from tests.lib.netns import Netns, veth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "mosquitto"
 PORT = 1883
+TLS_PORT = 8883
 NOC = "noc"
 # The node name the lab's own probe messages use (trunkguard/<site>/_lab/cmd[/result]).
 LAB_NODE = "_lab"
@@ -109,9 +110,14 @@ def site_conf(
     return text + _test_lines(socket)
 
 
-def hub_conf(*, workdir: Path, socket: Path) -> str:
+def hub_conf(*, workdir: Path, socket: Path, tls: TlsFiles | None = None) -> str:
     text = (SHIPPED / "hub.conf").read_text()
     text = _replace(text, EXAMPLE_DIR, f"{workdir}/", "hub.conf")
+    if tls is not None:  # the NOC's way in: MQTT over TLS on TLS_PORT
+        text += (
+            f"\nlistener {TLS_PORT}\ncafile {tls.ca_file}\ncertfile {tls.cert_file}\n"
+            f"keyfile {tls.key_file}\n"
+        )
     return text + _test_lines(socket)
 
 
@@ -143,6 +149,7 @@ class Hub:
     passwd_file: Path
     acl_file: Path
     addresses: dict[str, str]  # site name -> the hub's address on that site's link
+    tls: TlsFiles | None = None  # with sites(tls=True): TLS on TLS_PORT, for 10.77.1.1
 
 
 @dataclass
@@ -347,6 +354,7 @@ def sites(
     *,
     witness: str | None = None,
     bridge_in: str = "peers",
+    tls: bool = False,
 ) -> Iterator[Sites]:
     """Start the lab: a hub, one site per name (plus the witness site, bridged like the
     others), all bridges connected when this yields. See the module docstring."""
@@ -421,7 +429,8 @@ def sites(
         hub_acl_file.write_text(hub_acl())
         hub_socket = sockdir / "hub.sock"
         hub_conf_file = hubdir / "hub.conf"
-        hub_conf_file.write_text(hub_conf(workdir=hubdir, socket=hub_socket))
+        hub_tls = make_tls(hubdir / "pki", san="IP:10.77.1.1") if tls else None
+        hub_conf_file.write_text(hub_conf(workdir=hubdir, socket=hub_socket, tls=hub_tls))
         hub = Hub(
             ns=hub_ns,
             broker=Broker(hub_conf_file, "10.77.1.1", PORT, hub_ns.name),
@@ -429,6 +438,7 @@ def sites(
             passwd_file=hub_passwd,
             acl_file=hub_acl_file,
             addresses={s.name: s.hub_address for s in site_list.values()},
+            tls=hub_tls,
         )
 
         # Brokers are stopped by PID before their namespaces go (callbacks run LIFO).

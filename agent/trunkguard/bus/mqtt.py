@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from structlog.typing import FilteringBoundLogger
 
 from trunkguard.obs.logging import get_logger
@@ -50,8 +51,10 @@ Payload = Mapping[str, Any] | str | bytes
 class Received(NamedTuple):
     topic: str
     payload: bytes
-    retained: bool  # delivered from the broker's store, not live
+    retained: bool  # delivered from the broker's store (or, as_published, sent retained)
     expiry: float | None  # MQTT 5 message expiry left, seconds
+    response_topic: str | None = None  # MQTT 5 request/response
+    correlation: bytes | None = None
 
 
 Handler = Callable[[Received], None]
@@ -147,7 +150,7 @@ class MqttPublisher:
         self._connected_at = ""
         self._retained: dict[str, tuple[Payload, float | None]] = {}  # payload, expiry
         self._dirty: dict[str, None] = {}  # retained topics not yet sent this session
-        self._queue: deque[tuple[str, bytes]] = deque(maxlen=max(1, queue_max))
+        self._queue: deque[tuple[str, bytes, Properties | None]] = deque(maxlen=max(1, queue_max))
         self._rebirth_at = -_REBIRTH_EVERY
         self.rebirths = 0
         self._dropped = 0
@@ -166,6 +169,7 @@ class MqttPublisher:
         }
         self._handlers: dict[str, Handler] = dict(self._internal)
         self._wildcards: list[tuple[str, Handler]] = []
+        self._as_published: frozenset[str] = frozenset()
         self._subscribed: set[str] = set()  # in this session
         self._impostor = False
 
@@ -222,21 +226,39 @@ class MqttPublisher:
                 self._dropped += 1
                 if self._dropped == 1 or self._dropped % 1000 == 0:
                     self._log.warning("mqtt queue full", dropped=self._dropped)
-            self._queue.append((topic, data))
+            self._queue.append((topic, data, None))
+        self._wake.set()
+
+    def reply(self, topic: str, payload: Payload, correlation: bytes | None) -> None:
+        """Answer an MQTT 5 request on its Response Topic, with its Correlation Data
+        (never retained; a topic with wildcards or over 256 bytes is not answered)."""
+        if not topic or len(topic) > 256 or any(w in topic for w in _WILDCARDS):
+            return
+        props = None
+        if self.settings.protocol == 5 and correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation[:256]
+        self._queue.append((topic, encode(payload), props))
         self._wake.set()
 
     def ask_rebirth(self, site: str, node: str) -> None:
         """Ask another node to publish its retained state again (its broker lost it)."""
         prefix = self.settings.prefix.strip("/")
         if all(valid_filter(x) and not any(w in x for w in _WILDCARDS) for x in (site, node)):
-            self._queue.append((f"{prefix}/{site}/{node}/{REBIRTH}", b"{}"))
+            self._queue.append((f"{prefix}/{site}/{node}/{REBIRTH}", b"{}", None))
             self._wake.set()
 
-    def set_subscriptions(self, handlers: Mapping[str, Handler]) -> None:
-        """The topic filters to receive and who gets each message (exact topics first)."""
+    def set_subscriptions(
+        self, handlers: Mapping[str, Handler], as_published: frozenset[str] = frozenset()
+    ) -> None:
+        """The topic filters to receive and who gets each message (exact topics first).
+
+        `as_published` topics (commands) get only live messages, with the retain flag as
+        the sender set it (MQTT 5), so a message sent retained can be told and refused."""
         for topic in handlers:
             if not valid_filter(topic):
                 raise ValueError(f"invalid topic to subscribe {topic!r}")
+        self._as_published = as_published
         self._handlers = dict(handlers)
         self._handlers.update(self._internal)
         self._wildcards = [
@@ -403,7 +425,11 @@ class MqttPublisher:
     ) -> None:
         wanted = set(self._handlers)
         for topic in sorted(wanted - self._subscribed):
-            await self._guard(client.subscribe(topic, qos=1), watcher)
+            if topic in self._as_published and self.settings.protocol == 5:
+                opts = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2)
+                await self._guard(client.subscribe(topic, options=opts), watcher)
+            else:
+                await self._guard(client.subscribe(topic, qos=1), watcher)
             self._subscribed.add(topic)
             self._log.info("mqtt subscribed", topic=topic)
         for topic in sorted(self._subscribed - wanted):
@@ -421,8 +447,11 @@ class MqttPublisher:
                 continue
             raw = msg.payload
             data = raw if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
-            left = getattr(msg.properties, "MessageExpiryInterval", None)
-            received = Received(topic, bytes(data), bool(msg.retain), left)
+            props = msg.properties
+            left = getattr(props, "MessageExpiryInterval", None)
+            response = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+            received = Received(topic, bytes(data), bool(msg.retain), left, response, correlation)
             try:
                 handler(received)
             except Exception as exc:  # a handler's bug must not end the session
@@ -470,7 +499,8 @@ class MqttPublisher:
                     del self._retained[topic]
         elif self._queue:
             entry = self._queue[0]
-            await self._guard(client.publish(entry[0], entry[1], qos=qos), watcher)
+            publish = client.publish(entry[0], entry[1], qos=qos, properties=entry[2])
+            await self._guard(publish, watcher)
             if self._queue and self._queue[0] is entry:  # not dropped by overflow
                 self._queue.popleft()
         else:

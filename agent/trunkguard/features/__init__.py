@@ -13,6 +13,7 @@ from trunkguard.features import (
     mqtt,
     netlink,
     peers,
+    remote,
     routes,
     sensors,
     site,
@@ -36,6 +37,7 @@ FEATURES: tuple[Feature, ...] = (
     kamailio.FEATURE,
     templates.FEATURE,
     mqtt.FEATURE,
+    remote.FEATURE,
 )
 ACTUATORS = (netlink.FEATURE, command.FEATURE, kamailio.FEATURE, templates.FEATURE)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from structlog.typing import FilteringBoundLogger
 
 from trunkguard.act.base import Actuator
 from trunkguard.bus.mqtt import Handler, MqttPublisher
+from trunkguard.commands import Command
 from trunkguard.core.engine import CoreSpec
 from trunkguard.hub import Hub
 from trunkguard.obs.metrics import Metrics
@@ -37,7 +38,10 @@ class Context:
     log: FilteringBoundLogger
     mqtt: MqttPublisher | None
     env: Mapping[str, str]  # for programs: TRUNKGUARD_SITE, TRUNKGUARD_NODE
+    # Runs an operator command (what the control socket runs), for remote commands.
+    execute: Callable[[Command], dict[str, Any]] | None = None
     topics: dict[str, Handler] = field(default_factory=dict)  # MQTT subscriptions
+    as_published: set[str] = field(default_factory=set)  # of those: live only, retain as sent
 
 
 @dataclass

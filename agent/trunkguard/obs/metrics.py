@@ -239,6 +239,13 @@ class Metrics:
             "1 while connected to the MQTT broker.",
             registry=r if mqtt_enabled else None,
         )
+        self.commands_total = Counter(
+            "trunkguard_commands_total",
+            "Signed MQTT commands by result: ok, or why refused (bad_signature, expired, "
+            "replayed, counter, forbidden, ...).",
+            ["result"],
+            registry=r,
+        )
         self.config_reload_total = Counter(
             "trunkguard_config_reload_total",
             "Configuration reloads by result.",

@@ -9,12 +9,13 @@ heartbeat (the echo that proves our path through the broker works).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trunkguard.bus.mqtt import Received
 from trunkguard.core.engine import CoreSpec
 from trunkguard.core.ids import peer
-from trunkguard.core.peer import PeerSpec
+from trunkguard.core.peer import PeerBeat, PeerSpec, PeerStatus
 from trunkguard.core.policy import GroupMode
 from trunkguard.core.takeover import QuorumMode, Release, TakeoverSpec, Voting
 from trunkguard.features.base import Context, Feature, Parts
@@ -120,10 +121,10 @@ class Peers(Feature):
         prefix = ctx.cfg.mqtt.prefix
         ctx.topics[ctx.mqtt.topic("heartbeat")] = listener.echo
         for name in ctx.cfg.peers:
-            ctx.topics[f"{prefix}/{name}/+/status"] = listener.handle
-            ctx.topics[f"{prefix}/{name}/+/heartbeat"] = listener.handle
+            ctx.topics[f"{prefix}/{name}/+/status"] = listener.status
+            ctx.topics[f"{prefix}/{name}/+/heartbeat"] = listener.heartbeat
         for name in ctx.hub.engine.takeovers:
-            ctx.topics[f"{prefix}/+/+/takeover/{name}"] = listener.handle
+            ctx.topics[f"{prefix}/+/+/takeover/{name}"] = listener.claim
         return Parts()
 
 
@@ -151,49 +152,56 @@ class PeerInput:
         if epoch == self.mqtt.epoch:
             self.hub.heard_self(self.own_expiry)
 
-    def handle(self, m: Received) -> None:
-        levels = m.topic.split("/")
-        # prefix/site/node/status|heartbeat, or prefix/site/node/takeover/peer
-        if len(levels) < 4:
+    def status(self, m: Received) -> None:
+        """prefix/<site>/<node>/status: a birth or a death."""
+        site, node = _site_node(m.topic, 2)
+        if self._take(site, m, lambda: wire.status(site, node, m, self.limit)):
+            self.births.add((site, node))
+
+    def heartbeat(self, m: Received) -> None:
+        """prefix/<site>/<node>/heartbeat."""
+        site, node = _site_node(m.topic, 2)
+        ttl = self._ttl(site, m)
+        if ttl is None:
             return
-        site, node, what = levels[-3], levels[-2], levels[-1]
-        if len(levels) >= 5 and levels[-2] == "takeover":
-            site, node, what = levels[-4], levels[-3], "takeover"
-        name = levels[-1] if what == "takeover" else site
+        taken = self._take(site, m, lambda: wire.beat(site, node, m, self.limit, ttl))
+        if taken and not m.retained:  # retained: its status may simply come next
+            self._rebirth_if_unborn(site, node)
+
+    def claim(self, m: Received) -> None:
+        """prefix/<site>/<node>/takeover/<peer>: another agent's claim on a peer."""
+        site, node = _site_node(m.topic, 3)
+        peer_name = m.topic.rsplit("/", 1)[-1]
+        if (site, node) == self.me:
+            return
         count = self.ctx.metrics.peer_messages_total
         try:
-            if what == "status":
-                msg = wire.status(site, node, m, self.limit)
-                self.births.add((site, node))
-                stale_before = self._stale(site)
-                self.hub.peer(msg)
-            elif what == "heartbeat":
-                ttl = self._ttl(site, m)
-                if ttl is None:
-                    return
-                beat = wire.beat(site, node, m, self.limit, ttl)
-                stale_before = self._stale(site)
-                self.hub.peer(beat)
-                if not m.retained:  # retained: its status may simply come next
-                    self._rebirth_if_unborn(site, node)
-            elif what == "takeover":
-                if (site, node) == self.me:
-                    return
-                c = wire.claim(site, node, name, m, self.limit)
-                self.hub.claim(c.peer, f"{c.site}/{c.node}", c.epoch)
-                count.labels(name, "ok").inc()
-                return
-            else:
-                return
+            c = wire.claim(site, node, peer_name, m, self.limit)
         except wire.WireError as e:
-            count.labels(name, "invalid").inc()
-            error = f"{m.topic}: {e}"
-            if self.errors.get(name) != error:  # once per change, not per message
-                self.errors[name] = error
-                self.ctx.log.warning("peer message refused", peer=name, error=error)
+            self._refused(peer_name, m, e)
             return
+        count.labels(peer_name, "ok").inc()
+        self.hub.claim(c.peer, f"{c.site}/{c.node}", c.epoch)
+
+    def _take(self, site: str, m: Received, parse: Callable[[], PeerStatus | PeerBeat]) -> bool:
+        """Parse, hand to the hub, count (ok, stale or invalid); False when refused."""
+        try:
+            msg = parse()
+        except wire.WireError as e:
+            self._refused(site, m, e)
+            return False
+        stale_before = self._stale(site)
+        self.hub.peer(msg)
         stale = self._stale(site) > stale_before
-        count.labels(name, "stale" if stale else "ok").inc()
+        self.ctx.metrics.peer_messages_total.labels(site, "stale" if stale else "ok").inc()
+        return True
+
+    def _refused(self, name: str, m: Received, e: wire.WireError) -> None:
+        self.ctx.metrics.peer_messages_total.labels(name, "invalid").inc()
+        error = f"{m.topic}: {e}"
+        if self.errors.get(name) != error:  # once per change, not per message
+            self.errors[name] = error
+            self.ctx.log.warning("peer message refused", peer=name, error=error)
 
     def _ttl(self, site: str, m: Received) -> float | None:
         """How long a heartbeat proves life. A retained one is as old as the broker's
@@ -213,6 +221,12 @@ class PeerInput:
         if key not in self.births and key not in self.asked:
             self.asked.add(key)
             self.mqtt.ask_rebirth(site, node)
+
+
+def _site_node(topic: str, tail: int) -> tuple[str, str]:
+    """The <site>/<node> levels before the last `tail` levels of a matched topic."""
+    levels = topic.split("/")
+    return levels[-tail - 2], levels[-tail - 1]
 
 
 FEATURE = Peers()
