@@ -13,7 +13,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,8 @@ from trunkguard.core.engine import Engine
 from trunkguard.features import FEATURES
 from trunkguard.features.base import Context
 from trunkguard.hub import Hub
-from trunkguard.obs import systemd
+from trunkguard.obs import page, systemd
+from trunkguard.obs.http import Query
 from trunkguard.obs.logging import configure_logging, get_logger
 from trunkguard.obs.metrics import Metrics
 from trunkguard.sinks import views
@@ -36,6 +37,7 @@ from trunkguard.sinks.latency import LatencySink
 from trunkguard.sinks.log import LogSink
 from trunkguard.sinks.metrics import MetricsSink
 from trunkguard.sinks.mqtt import MqttSink
+from trunkguard.sinks.recent import RecentSink
 from trunkguard.tasks import supervise
 
 RESTART_ONLY = ("site", "node", "mqtt", "metrics", "control", "state_dir")
@@ -75,6 +77,7 @@ class App:
         self.metrics_sink = MetricsSink(hub, self.metrics)
         LatencySink(hub, self.metrics, self.log)
         self.intent = IntentSink(hub, cfg.state_dir, self.log)
+        self.recent = RecentSink(hub, self.wall)
         self.mqtt_sink: MqttSink | None = None
         if self.mqtt is not None and cfg.mqtt is not None:
             beat, expiry = cfg.mqtt.heartbeat, cfg.mqtt.expiry()
@@ -100,6 +103,15 @@ class App:
         doc = views.snapshot(self.hub.engine, self.hub.clock(), self.facts())
         return {**doc, "seq": 0 if self.mqtt_sink is None else self.mqtt_sink.seq}
 
+    def _page(self, _query: Query) -> tuple[str, Iterator[bytes]]:
+        """GET /: rendered on the loop (the core is not shared with the HTTP threads)."""
+
+        async def render() -> str:
+            return page.render(self.status(), list(self.recent.events))
+
+        html = asyncio.run_coroutine_threadsafe(render(), self._loop).result(timeout=2)
+        return "text/html; charset=utf-8", iter([html.encode()])
+
     def _mqtt_up(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
         if self.mqtt is not None:
@@ -114,7 +126,7 @@ class App:
         self._wake.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
@@ -122,7 +134,7 @@ class App:
         stop_metrics: Callable[[], None] | None = None
         try:
             if self.cfg.metrics is not None:
-                stop_metrics = self.metrics.serve(*self.cfg.metrics.host_port)
+                stop_metrics = self.metrics.serve(*self.cfg.metrics.host_port, {"/": self._page})
             await control.start()
         except OSError as e:
             self.log.error("cannot start", error=str(e))

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_broker(sp: argparse.ArgumentParser) -> None:
         g = sp.add_argument_group("over MQTT")
-        g.add_argument("--broker", help="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
+        g.add_argument(
+            "--broker", help="mqtt://HOST[:PORT], mqtts://HOST[:PORT] (TLS) or unix:///PATH"
+        )
         g.add_argument("--ca-file", help="CA to verify the broker (mqtts)")
         g.add_argument("--username", help="broker account")
         g.add_argument("--password-file", help="the account's password, alone in a file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
 import time
 from collections.abc import Coroutine, Mapping
@@ -40,23 +41,33 @@ class BrokerOpts:
 
     def client(self) -> aiomqtt.Client:
         u = urlsplit(self.url)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError(
-                f"broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]: {self.url}"
-            )
-        tls = u.scheme == "mqtts"
-        ctx = ssl.create_default_context(cafile=self.ca_file) if tls else None
         password = None
         if self.password_file:
             password = Path(self.password_file).read_text().strip()
+        v5 = aiomqtt.ProtocolVersion.V5
+        if u.scheme == "unix" and u.path:  # on the broker's host: unix:///run/mosquitto.sock
+            return aiomqtt.Client(
+                u.path,
+                username=self.username,
+                password=password,
+                protocol=v5,
+                transport="unix",
+                timeout=5,
+            )
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            forms = "mqtt://HOST[:PORT], mqtts://HOST[:PORT] or unix:///PATH"
+            raise ValueError(f"broker must be {forms}: {self.url}")
+        tls = u.scheme == "mqtts"
+        ctx = ssl.create_default_context(cafile=self.ca_file) if tls else None
         return aiomqtt.Client(
             u.hostname,
             u.port or (8883 if tls else 1883),
             username=self.username,
             password=password,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=v5,
             tls_context=ctx,
             timeout=5,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
 
@@ -143,7 +154,7 @@ async def send(
         try:
             async with asyncio.timeout(timeout):
                 async for m in c.messages:
-                    doc = _json(m.payload)
+                    doc = json_doc(m.payload)
                     if str(m.topic).endswith("/cmd/result") and doc.get("id") == cid:
                         answers[str(doc.get("node"))] = doc
                         if expected and expected <= set(answers):
@@ -160,14 +171,17 @@ async def _online(c: aiomqtt.Client, within: float) -> set[str]:
     try:
         async with asyncio.timeout(within):
             async for m in c.messages:
-                if str(m.topic).endswith("/status") and _json(m.payload).get("status") == "online":
+                if (
+                    str(m.topic).endswith("/status")
+                    and json_doc(m.payload).get("status") == "online"
+                ):
                     nodes.add(str(m.topic).split("/")[-2])
     except TimeoutError:
         pass
     return nodes
 
 
-def _json(payload: Any) -> dict[str, Any]:
+def json_doc(payload: Any) -> dict[str, Any]:
     try:
         doc = json.loads(payload)
     except (TypeError, ValueError):
@@ -250,7 +264,7 @@ async def fleet(
                 last = loop.time()
             levels = str(m.topic).split("/")
             n = nodes.setdefault((levels[-3], levels[-2]), Node(levels[-3], levels[-2]))
-            setattr(n, levels[-1], _json(m.payload))
+            setattr(n, levels[-1], json_doc(m.payload))
     now_wall = time.time()
     return [n.view(now_wall) for _, n in sorted(nodes.items())]
 

@@ -74,7 +74,7 @@ def test_a_thousand_slow_clients_do_not_stop_a_scrape(port: int) -> None:
         (b"GET /../../../../etc/passwd HTTP/1.1\r\n\r\n", b"404"),
         (b"GET /metrics/../../etc/passwd HTTP/1.1\r\n\r\n", b"404"),
         (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.0\r\n\r\n", b"404"),
-        (b"GET / HTTP/1.1\r\n\r\n", b"404"),
+        (b"GET /index.html HTTP/1.1\r\n\r\n", b"404"),
     ],
 )
 def test_bad_requests_get_a_status_and_nothing_else(

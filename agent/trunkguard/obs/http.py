@@ -25,6 +25,7 @@ Query = dict[str, list[str]]
 Route = Callable[[Query], tuple[str, Iterable[bytes]]]
 
 MAX_HEAD = 8192  # request line and headers; a scrape sends about 300 bytes
+CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 HEAD_TIMEOUT = 5.0  # to send a whole request head
 SEND_TIMEOUT = 30.0  # for a whole response: a client that reads slowly is cut off
 MAX_CONNECTIONS = 1024  # open at once; more are closed on accept
@@ -189,7 +190,10 @@ def _answer(sock: socket.socket, status: str, ctype: str, body: Iterable[bytes])
     deadline = time.monotonic() + SEND_TIMEOUT
     try:
         sock.setblocking(True)
-        head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n"
+        head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nConnection: close\r\n"
+        if ctype.startswith("text/html"):  # the status page: nothing runs, nothing loads
+            head += f"Content-Security-Policy: {CSP}\r\nX-Content-Type-Options: nosniff\r\n"
+        head += "\r\n"
         for chunk in itertools.chain((head.encode(),), body):  # streamed, never all in memory
             left = deadline - time.monotonic()
             if left <= 0:

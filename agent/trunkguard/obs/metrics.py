@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from trunkguard import __version__
 from trunkguard.core.ids import Paths
-from trunkguard.obs.http import HttpServer, Query
+from trunkguard.obs.http import HttpServer, Query, Route
 from trunkguard.obs.rtt import CompactHistogram
 
 # SIP OPTIONS round trips: LAN carriers answer in ~1 ms, the slow tail is ~2.5 s.
@@ -282,9 +282,12 @@ class Metrics:
         for s in all_states:
             self.sensor_state.labels(sensor, s).set(1 if s == state else 0)
 
-    def serve(self, host: str, port: int) -> Callable[[], None]:
-        """Serve /metrics (see obs/http.py); returns a function that stops it."""
-        return HttpServer(host, port, {"/metrics": self.render}).start().stop
+    def serve(
+        self, host: str, port: int, more: Mapping[str, Route] | None = None
+    ) -> Callable[[], None]:
+        """Serve /metrics (and `more` routes, see obs/http.py); returns how to stop it."""
+        routes = {"/metrics": self.render, **(more or {})}
+        return HttpServer(host, port, routes).start().stop
 
     def render(self, query: Query) -> tuple[str, Iterator[bytes]]:
         """The registry as prometheus_client renders it, then the per-target RTT
