@@ -154,13 +154,13 @@ class PeerInput:
 
     def status(self, m: Received) -> None:
         """prefix/<site>/<node>/status: a birth or a death."""
-        site, node = _site_node(m.topic, 2)
+        site, node = _site_node(m.topic, 1)
         if self._take(site, m, lambda: wire.status(site, node, m, self.limit)):
             self.births.add((site, node))
 
     def heartbeat(self, m: Received) -> None:
         """prefix/<site>/<node>/heartbeat."""
-        site, node = _site_node(m.topic, 2)
+        site, node = _site_node(m.topic, 1)
         ttl = self._ttl(site, m)
         if ttl is None:
             return
@@ -170,7 +170,7 @@ class PeerInput:
 
     def claim(self, m: Received) -> None:
         """prefix/<site>/<node>/takeover/<peer>: another agent's claim on a peer."""
-        site, node = _site_node(m.topic, 3)
+        site, node = _site_node(m.topic, 2)
         peer_name = m.topic.rsplit("/", 1)[-1]
         if (site, node) == self.me:
             return
