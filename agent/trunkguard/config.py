@@ -14,8 +14,9 @@ import yaml
 from pydantic import Field, ValidationError
 
 from trunkguard.core.engine import CoreSpec
-from trunkguard.core.ids import TargetId, link, peer, trunk
+from trunkguard.core.ids import Kind, TargetId, link, peer, trunk
 from trunkguard.features import FEATURES
+from trunkguard.features.calls import CallConfig
 from trunkguard.features.http import ControlConfig, MetricsConfig
 from trunkguard.features.links import LinkConfig
 from trunkguard.features.mqtt import MqttConfig
@@ -48,6 +49,7 @@ class Config(Strict):
     links: dict[Name, LinkConfig] = {}
     sensors: dict[Name, SensorConfig] = {}
     evacuation: EvacuationConfig = Field(default_factory=EvacuationConfig)
+    calls: dict[Name, CallConfig] = {}
     peers: dict[Name, PeerConfig] = {}
     takeover: TakeoverConfig = Field(default_factory=TakeoverConfig)
     routes: dict[Name, RouteGroupConfig] = {}
@@ -62,6 +64,7 @@ class Config(Strict):
             {trunk(n) for n in self.trunks}
             | {link(n) for n in self.links}
             | {peer(n) for n in self.peers}
+            | {TargetId(Kind.CALL, n) for n in self.calls}
         )
 
     def core_spec(self) -> CoreSpec:

@@ -105,6 +105,10 @@ class Hub:
         else:
             self.emit(self.engine.observe_sensor(name, value, at))
 
+    def checked(self, v: Verdict) -> None:
+        """A verdict from a check other than a probe (a synthetic call)."""
+        self.emit(self.engine.observe(v))
+
     def peer(self, msg: PeerStatus | PeerBeat) -> None:
         self.emit(self.engine.observe_peer(msg, self.clock()))
 

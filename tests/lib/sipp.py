@@ -41,6 +41,7 @@ def uas(
     *,
     netns: str | None = None,
     media_port: int | None = None,
+    extra: tuple[str, ...] = (),  # more sipp options, e.g. ("-rtp_echo",)
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start sipp as a UAS running `scenario` on ip:port; waits until it listens.
 
@@ -52,6 +53,7 @@ def uas(
     if media_port is not None:
         argv += ["-mi", ip, "-mp", str(media_port)]
     argv += ["-max_recv_loops", "1000", "-trace_err", "-error_file", str(tmp / f"{name}.err")]
+    argv += list(extra)
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     log = tmp / f"{name}.log"

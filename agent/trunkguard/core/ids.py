@@ -18,6 +18,7 @@ class Kind(StrEnum):
     TRUNK = "trunk"
     LINK = "link"
     PEER = "peer"  # another site, seen through MQTT
+    CALL = "call"  # a synthetic call check
 
 
 KINDS = ", ".join(k.value for k in Kind)

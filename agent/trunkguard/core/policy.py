@@ -59,6 +59,7 @@ class PathSpec:
     requires: tuple[TargetId, ...] = ()
     remote: bool = False
     serves: str | None = None  # a peer site whose calls this path takes over
+    verified_by: TargetId | None = None  # a call check proving the path (reported only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from trunkguard.act.base import Actuator
 from trunkguard.features import (
+    calls,
     command,
     kamailio,
     links,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 FEATURES: tuple[Feature, ...] = (
     trunks.FEATURE,
+    calls.FEATURE,
     links.FEATURE,
     sensors.FEATURE,
     site.FEATURE,

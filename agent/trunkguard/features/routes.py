@@ -35,6 +35,7 @@ class PathConfig(Strict):
     requires: list[TargetRef] = []
     remote: bool = False
     serves: Name | None = None  # a peer site: active only while we take over its calls
+    verified_by: TargetRef | None = None  # call:NAME, the synthetic call that proves it
     actions: Actions = Field(default_factory=Actions)
     vars: dict[str, VarValue] = {}  # for templates: routes.<group>.vars.<key>
 
@@ -88,7 +89,10 @@ class Routes(Feature):
 
     def core(self, cfg: Config, spec: CoreSpec) -> None:
         for name, g in cfg.routes.items():
-            paths = tuple(PathSpec(p.name, tuple(p.requires), p.remote, p.serves) for p in g.paths)
+            paths = tuple(
+                PathSpec(p.name, tuple(p.requires), p.remote, p.serves, p.verified_by)
+                for p in g.paths
+            )
             spec.groups.append(GroupSpec(name, paths, g.failback, g.hold, g.mode))
 
 

@@ -40,6 +40,7 @@ class Metrics:
         self._routes(r)
         self._sensors(r)
         self._peers(r)
+        self._calls(r)
         self._process(r, mqtt_enabled)
         self._group_paths: dict[str, set[str]] = {}
 
@@ -224,6 +225,51 @@ class Metrics:
             "trunkguard_peer_messages_total",
             "Messages from peers by result: ok, stale (older session), invalid.",
             ["peer", "result"],
+            registry=r,
+        )
+
+    def _calls(self, r: CollectorRegistry) -> None:
+        self.call_check_up = Gauge(
+            "trunkguard_call_check_up",
+            "1 when the last synthetic call passed.",
+            ["call"],
+            registry=r,
+        )
+        self.call_checks_total = Counter(
+            "trunkguard_call_checks_total",
+            "Synthetic calls by result.",
+            ["call", "result"],
+            registry=r,
+        )
+        self.call_post_dial_delay_seconds = Gauge(
+            "trunkguard_call_post_dial_delay_seconds",
+            "INVITE to 200 OK of the last synthetic call.",
+            ["call"],
+            registry=r,
+        )
+        self.call_rtp_loss_ratio = Gauge(
+            "trunkguard_call_rtp_loss_ratio",
+            "RTP loss of the last synthetic call.",
+            ["call"],
+            registry=r,
+        )
+        self.call_jitter_seconds = Gauge(
+            "trunkguard_call_jitter_seconds",
+            "RTP jitter of the last synthetic call.",
+            ["call"],
+            registry=r,
+        )
+        self.call_last_success = Gauge(
+            "trunkguard_call_last_success_timestamp_seconds",
+            "When the synthetic call last passed (Unix time): an old one is an unproven path.",
+            ["call"],
+            registry=r,
+        )
+        self.path_silent_failure = Gauge(
+            "trunkguard_path_silent_failure",
+            "1 when a path qualifies by OPTIONS but the call check that verifies it fails: "
+            "a backup that answers pings and drops calls.",
+            ["group", "path"],
             registry=r,
         )
 

@@ -110,8 +110,13 @@ class MetricsSink:
         self.m.fenced.set(1 if f.on else 0)
 
     def batch(self, events: Sequence[Event]) -> None:
+        states = self.engine.states()
         for name, g in self.engine.groups.items():
             self.m.route_no_path.labels(group=name).set(1 if g.alarm else 0)
+            for p in g.spec.paths:
+                if p.verified_by is not None:
+                    silent = g.qualifies(p, states) and states.get(p.verified_by) is State.DOWN
+                    self.m.path_silent_failure.labels(name, p.name).set(1 if silent else 0)
 
     def report(self, r: ApplyReport) -> None:
         m, name = self.m, r.actuator

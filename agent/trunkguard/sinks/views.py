@@ -180,6 +180,8 @@ def route(engine: Engine, group: str) -> Json:
                 "name": p.name,
                 "remote": p.remote,
                 "serves": p.serves,
+                "verified_by": None if p.verified_by is None else str(p.verified_by),
+                "verified": None if p.verified_by is None else states.get(p.verified_by),
                 "requires": [str(t) for t in p.requires],
                 "qualifies": g.qualifies(p, states),
             }

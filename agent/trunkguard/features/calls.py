@@ -1,0 +1,140 @@
+"""Synthetic calls (section `calls`): a real call with media through a path, on a
+schedule, as a target `call:<name>` with its own rise/fall health.
+
+OPTIONS say a carrier answers; a call check says it carries calls: answered within a
+deadline, RTP both ways, loss and jitter within limits, and (for an echoing far end)
+our tone back. A path can name the check that proves it (`verified_by`); a backup
+whose trunks answer OPTIONS while its call check fails is the silent-backup alarm
+(trunkguard_path_silent_failure). Needs the `calls` extra (pjsua2); each call runs in
+its own child process with a hard deadline, one call at a time per agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from trunkguard.calls.check import CallResult, place
+from trunkguard.core.engine import CoreSpec, TrunkSpec
+from trunkguard.core.events import Verdict
+from trunkguard.core.health import HealthParams
+from trunkguard.core.ids import Kind, TargetId
+from trunkguard.features.base import Context, Feature, Parts, Task
+from trunkguard.schema import Duration, IpAddress, Lines, Strict
+
+if TYPE_CHECKING:
+    from trunkguard.config import Config
+
+
+class CallConfig(Strict):
+    uri: str  # where to call: sip:echo@carrier-b or a remote site's test number
+    every: Duration = 900.0  # one check every 15 minutes
+    answer_within: Duration = 5.0
+    duration: Duration = 3.0  # how long the tone plays once answered
+    timeout: Duration | None = None  # the child's hard deadline; default answer + duration + 5s
+    max_loss: float = Field(0.05, ge=0, le=1)
+    max_jitter: Duration = 0.05
+    tone: bool = False  # require our tone back (for far ends that echo)
+    transport: Literal["udp", "tcp"] = "udp"  # the wheel's OpenSSL 1.0.2 is not used for TLS
+    bind: IpAddress | None = None
+    rise: int = Field(1, ge=1, le=10)
+    fall: int = Field(1, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _uri(self) -> CallConfig:
+        if not self.uri.startswith("sip:") or any(c in self.uri for c in ' \r\n<>"'):
+            raise ValueError(f"uri must be a sip: URI without spaces or brackets: {self.uri!r}")
+        return self
+
+    def deadline(self) -> float:
+        return self.timeout or self.answer_within + self.duration + 5.0
+
+    def spec(self) -> dict[str, Any]:
+        """What the child process is told (nothing else crosses)."""
+        out: dict[str, Any] = {
+            "uri": self.uri,
+            "answer_within": self.answer_within,
+            "duration": self.duration,
+            "transport": self.transport,
+        }
+        if self.bind:
+            out["bind"] = self.bind
+        return out
+
+    def judge(self, r: CallResult) -> tuple[bool, str]:
+        """The check's verdict on a call: media both ways within the limits."""
+        if not r.ok:
+            return False, r.reason
+        if r.loss_ratio is not None and r.loss_ratio > self.max_loss:
+            return False, f"RTP loss {r.loss_ratio:.1%} > {self.max_loss:.1%}"
+        if r.jitter_s is not None and r.jitter_s > self.max_jitter:
+            return False, f"jitter {r.jitter_s * 1000:.1f} ms > {self.max_jitter * 1000:g} ms"
+        if self.tone and (r.tone_back or 0.0) < 0.5:
+            return False, "answered with media, but our tone did not come back"
+        pdd = "" if r.answered_s is None else f", answered in {r.answered_s * 1000:.0f} ms"
+        return True, f"{r.reason}{pdd}"
+
+
+def call(name: str) -> TargetId:
+    return TargetId(Kind.CALL, name)
+
+
+class Calls(Feature):
+    name = "calls"
+
+    def check(self, cfg: Config, lines: Lines) -> list[str]:
+        problems = []
+        known = cfg.targets()
+        for gname, g in cfg.routes.items():
+            for i, p in enumerate(g.paths):
+                v = p.verified_by
+                if v is not None and (v.kind is not Kind.CALL or v not in known):
+                    loc = ("routes", gname, "paths", i, "verified_by")
+                    problems.append(lines.problem(loc, f"needs a configured call check, got {v}"))
+        return problems
+
+    def core(self, cfg: Config, spec: CoreSpec) -> None:
+        for name, c in cfg.calls.items():
+            params = HealthParams(c.every, c.every, c.rise, c.fall)
+            spec.trunks[call(name)] = TrunkSpec(params)
+
+    def build(self, ctx: Context) -> Parts:
+        if not ctx.cfg.calls:
+            return Parts()
+        one_at_a_time = asyncio.Lock()  # pjsua2 children compete for nothing but the CPU
+        tasks: list[Task] = [
+            (f"call {name}", _Checker(ctx, name, c, one_at_a_time).run)
+            for name, c in ctx.cfg.calls.items()
+        ]
+        return Parts(tasks=tasks)
+
+
+class _Checker:
+    def __init__(self, ctx: Context, name: str, cfg: CallConfig, lock: asyncio.Lock) -> None:
+        self.ctx, self.name, self.cfg, self.lock = ctx, name, cfg, lock
+        self.target = call(name)
+
+    async def run(self) -> None:
+        m, hub = self.ctx.metrics, self.ctx.hub
+        while True:
+            async with self.lock:
+                r = await place(self.cfg.spec(), self.cfg.deadline())
+            ok, reason = self.cfg.judge(r)
+            m.call_check_up.labels(self.name).set(1 if ok else 0)
+            m.call_checks_total.labels(self.name, "ok" if ok else "failed").inc()
+            if r.answered_s is not None:
+                m.call_post_dial_delay_seconds.labels(self.name).set(r.answered_s)
+            if r.loss_ratio is not None:
+                m.call_rtp_loss_ratio.labels(self.name).set(r.loss_ratio)
+            if r.jitter_s is not None:
+                m.call_jitter_seconds.labels(self.name).set(r.jitter_s)
+            if ok:
+                m.call_last_success.labels(self.name).set_to_current_time()
+            self.ctx.log.info("call check", call=self.name, ok=ok, reason=reason)
+            hub.checked(Verdict(self.target, ok, hub.clock(), reason))
+            await asyncio.sleep(self.cfg.every)
+
+
+FEATURE = Calls()

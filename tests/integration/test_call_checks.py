@@ -1,0 +1,177 @@
+"""Synthetic calls with real media: pjsua2 in a child process calling sipp carriers on
+loopback. A carrier that echoes RTP passes; one that answers OPTIONS but rejects
+INVITE, and one that answers without sending RTP, fail with distinct reasons while
+OPTIONS still say up (the silent backup). A child that crashes or hangs is a failed
+check and never stalls the agent's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lib import calls, procs, sipp
+from tests.lib.agentproc import Agent, cli
+from trunkguard.calls.check import place
+
+pytestmark = pytest.mark.integration
+
+# OPTIONS answered, every INVITE refused: the carrier that looks fine to pings.
+REJECTS_CALLS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="rejects calls">
+  <recv request="OPTIONS" optional="true" next="options"/>
+  <recv request="INVITE"/>
+  <send>
+    <![CDATA[
+SIP/2.0 503 Service Unavailable
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag03[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" next="end"/>
+  <label id="options"/>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag02[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="end"/>
+</scenario>
+"""
+
+
+def metric(port: int, name: str) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", f"/metrics?name[]={name}")
+    text = conn.getresponse().read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels[len(name) :]] = float(value)
+    return out
+
+
+def test_call_checks_tell_working_rejecting_and_silent_carriers_apart(tmp_path: Path) -> None:
+    echo, reject, mute = (procs.free_port() for _ in range(3))
+    http_port = procs.free_port(socket.SOCK_STREAM)
+    cfg = tmp_path / "trunkguard.yaml"
+    cfg.write_text(f"""\
+site: dc1
+node: sbc1
+control: {{socket: {tmp_path}/control.sock}}
+metrics: {{listen: "127.0.0.1:{http_port}"}}
+probe: {{interval: 500ms, fast_interval: 200ms, timeout: 400ms, rise: 1, fall: 1}}
+trunks:
+  carrier-a: {{uri: "sip:127.0.0.1:{echo}"}}
+  carrier-b: {{uri: "sip:127.0.0.1:{reject}"}}
+  carrier-c: {{uri: "sip:127.0.0.1:{mute}"}}
+calls:
+  via-a: {{uri: "sip:echo@127.0.0.1:{echo}", every: 30s, duration: 1s, tone: true}}
+  via-b: {{uri: "sip:echo@127.0.0.1:{reject}", every: 30s, duration: 1s}}
+  via-c: {{uri: "sip:echo@127.0.0.1:{mute}", every: 30s, duration: 1s}}
+routes:
+  outbound:
+    paths:
+      - {{name: a, requires: [trunk:carrier-a], verified_by: call:via-a}}
+      - {{name: b, requires: [trunk:carrier-b], verified_by: call:via-b}}
+      - {{name: c, requires: [trunk:carrier-c], verified_by: call:via-c}}
+""")
+    with (
+        sipp.uas(
+            tmp_path,
+            "echo",
+            calls.CARRIER,
+            "127.0.0.1",
+            echo,
+            media_port=echo + 10000,
+            extra=("-rtp_echo",),
+        ),
+        sipp.uas(tmp_path, "reject", REJECTS_CALLS, "127.0.0.1", reject),
+        sipp.uas(tmp_path, "mute", calls.CARRIER, "127.0.0.1", mute, media_port=mute + 10000),
+    ):
+        agent = Agent(cfg)
+        try:
+            checks = {}
+            for name in ("via-a", "via-b", "via-c"):
+                checks[name] = agent.wait_for(
+                    lambda e, n=name: e.get("event") == "call check" and e.get("call") == n,
+                    30,
+                    f"call check {name}",
+                )
+            assert checks["via-a"]["ok"] is True
+            assert checks["via-a"]["reason"].startswith(
+                "answered with media both ways, answered in"
+            )
+            assert checks["via-b"]["ok"] is False
+            assert checks["via-b"]["reason"] == "rejected: 503 Service Unavailable"
+            assert checks["via-c"]["ok"] is False
+            assert checks["via-c"]["reason"] == "answered, but no RTP received"
+
+            st = json.loads(
+                cli("status", "--json", "--socket", str(tmp_path / "control.sock")).stdout
+            )
+            t = st["targets"]
+            assert t["call:via-a"]["state"] == "up"
+            assert t["call:via-b"]["state"] == "down" and t["trunk:carrier-b"]["state"] == "up"
+            paths = {p["name"]: p for p in st["routes"]["outbound"]["paths"]}
+            assert paths["b"]["qualifies"] and paths["b"]["verified"] == "down"
+
+            silent = metric(http_port, "trunkguard_path_silent_failure")
+            assert silent == {
+                '{group="outbound",path="a"}': 0.0,
+                '{group="outbound",path="b"}': 1.0,
+                '{group="outbound",path="c"}': 1.0,
+            }
+            up = metric(http_port, "trunkguard_call_check_up")
+            assert up['{call="via-a"}'] == 1.0 and up['{call="via-b"}'] == 0.0
+            pdd = metric(http_port, "trunkguard_call_post_dial_delay_seconds")
+            assert 0 < pdd['{call="via-a"}'] < 1.0
+            loss = metric(http_port, "trunkguard_call_rtp_loss_ratio")
+            assert loss['{call="via-a"}'] == 0.0
+            # pjsua2's banner and logs never reach the agent's stdout.
+            assert not any("pjlib" in line for line in agent.raw)
+        finally:
+            agent.stop()
+
+
+async def test_a_child_that_crashes_or_hangs_is_a_failed_check_not_a_stalled_agent() -> None:
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        crash = await place({}, 5, (sys.executable, "-c", "import os; os.abort()"))
+        assert not crash.ok and crash.reason.startswith("call check crashed (exit -6)")
+        garbage = await place({}, 5, (sys.executable, "-c", "print('not json')"))
+        assert not garbage.ok and "crashed (exit 0)" in garbage.reason
+        before = ticks
+        hung = await place({}, 1.0, (sys.executable, "-c", "import time; time.sleep(60)"))
+        assert not hung.ok and hung.reason == "call check hung: killed after 1s"
+        assert ticks - before >= 10  # the loop ran all along
+        missing = await place({}, 5, ("/nonexistent/child",))
+        assert not missing.ok and "could not start" in missing.reason
+    finally:
+        beat.cancel()
