@@ -24,6 +24,8 @@ from trunkguard.commands import Commands
 from trunkguard.config import Config, ConfigError, load_config
 from trunkguard.control import ControlServer
 from trunkguard.core.engine import Engine
+from trunkguard.core.ids import TargetId
+from trunkguard.drills import Drills
 from trunkguard.features import FEATURES
 from trunkguard.features.base import Context
 from trunkguard.hub import Hub
@@ -82,7 +84,8 @@ class App:
         if self.mqtt is not None and cfg.mqtt is not None:
             beat, expiry = cfg.mqtt.heartbeat, cfg.mqtt.expiry()
             self.mqtt_sink = MqttSink(hub, self.mqtt, self.facts, beat, expiry)
-        self.commands = Commands(hub, self.status, self.intent.request, self.log)
+        self.drills = Drills(hub, self._call_spec, self.wall, self._drill_report)
+        self.commands = Commands(hub, self.status, self.intent.request, self.log, self.drills)
         if attach is not None:
             attach(hub)
         self._wake = asyncio.Event()
@@ -111,6 +114,22 @@ class App:
 
         html = asyncio.run_coroutine_threadsafe(render(), self._loop).result(timeout=2)
         return "text/html; charset=utf-8", iter([html.encode()])
+
+    def _call_spec(self, target: TargetId) -> dict[str, Any] | None:
+        """What a drill needs to place the call check `target` now."""
+        c = self.cfg.calls.get(target.name)
+        return None if c is None else {"spec": c.spec(), "deadline": c.deadline()}
+
+    def _drill_report(self, report: dict[str, Any]) -> None:
+        scenario = report["scenario"]
+        self.metrics.drills_total.labels(scenario, report["result"]).inc()
+        for phase, seconds in report["phases"].items():
+            self.metrics.drill_seconds.labels(scenario, phase).set(seconds)
+        if self.mqtt is not None:
+            self.mqtt.publish("drills/last", report, retain=True)
+        self.log.warning(
+            "drill done", id=report["id"], result=report["result"], phases=report["phases"]
+        )
 
     def _mqtt_up(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)

@@ -110,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     with_socket(sp)
     sp.add_argument("peer", help="the peer site")
 
+    sp = sub.add_parser("drill", help="rehearse a failure through the daemon, timed")
+    with_config(sp)
+    sp.add_argument("--socket", help="control socket (default: from the config)")
+    sp.add_argument("scenario", help="carrier")
+    sp.add_argument("--group", help="the route group (default: the first with 2+ paths)")
+    sp.add_argument("--dry-run", action="store_true", help="say what would happen, do nothing")
+    sp.add_argument("--json", action="store_true", help="the report as JSON")
+    sp.add_argument("--report-dir", help="also write the report as JSON, Markdown and HTML")
+
     sp = sub.add_parser("keygen", help="make a key pair for signed commands")
     sp.add_argument("--out", required=True, help="writes OUT.key (0600) and OUT.pub")
 
@@ -282,6 +291,27 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     return 0 if all(a.get("ok") for a in answers.values()) else 1
 
 
+def _cmd_drill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trunkguard import drill_report
+
+    req = {"cmd": "drill", "scenario": args.scenario, "group": args.group}
+    report = request(_socket_path(args), req | {"dry_run": args.dry_run}, timeout=180)
+    if args.report_dir:
+        d = Path(args.report_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        base = d / f"drill-{report['id']}"
+        base.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        base.with_suffix(".md").write_text(drill_report.markdown(report))
+        base.with_suffix(".html").write_text(drill_report.html(report))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(drill_report.markdown(report), end="")
+    return 0 if report.get("result") in ("passed", "planned") else 1
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from trunkguard.noc import keygen
 
@@ -355,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe": _cmd_probe,
         "lab": _cmd_lab,
         "keygen": _cmd_keygen,
+        "drill": _cmd_drill,
         "fleet": _cmd_fleet,
     }
     try:

@@ -14,6 +14,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from trunkguard.core.events import Decision
+from trunkguard.drills import DrillError, Drills
 from trunkguard.hub import Hub
 
 SITE = "site"  # `maintenance site on|off` is an evacuation
@@ -55,8 +56,17 @@ class Release:
     peer: str  # a peer site whose calls this agent took over
 
 
-Command = Status | Failover | Failback | Maintenance | Evacuate | Release
-ACTIONS = frozenset({"status", "failover", "failback", "maintenance", "evacuate", "release"})
+@dataclass(frozen=True)
+class Drill:
+    scenario: str
+    group: str | None = None
+    dry_run: bool = False
+
+
+Command = Status | Failover | Failback | Maintenance | Evacuate | Release | Drill
+ACTIONS = frozenset(
+    {"status", "failover", "failback", "maintenance", "evacuate", "release", "drill"}
+)
 
 
 def _text(req: Mapping[str, Any], key: str) -> str:
@@ -86,6 +96,14 @@ def parse(req: Mapping[str, Any]) -> Command:
         return Evacuate(_flag(req))
     if cmd == "release":
         return Release(_text(req, "peer"))
+    if cmd == "drill":
+        group = req.get("group")
+        dry = req.get("dry_run", False)
+        if group is not None and not (isinstance(group, str) and 0 < len(group) <= 256):
+            raise CommandError("group must be a non-empty name")
+        if not isinstance(dry, bool):
+            raise CommandError("dry_run must be true or false")
+        return Drill(_text(req, "scenario"), group, dry)
     if cmd == "maintenance":
         target = _text(req, "target")
         return Evacuate(_flag(req)) if target == SITE else Maintenance(target, _flag(req))
@@ -104,6 +122,8 @@ def request(c: Command) -> dict[str, Any]:
         return {"cmd": "evacuate", "on": c.on}
     if isinstance(c, Release):
         return {"cmd": "release", "peer": c.peer}
+    if isinstance(c, Drill):
+        return {"cmd": "drill", "scenario": c.scenario, "group": c.group, "dry_run": c.dry_run}
     return {"cmd": "maintenance", "target": c.target, "on": c.on}
 
 
@@ -116,12 +136,16 @@ class Commands:
         status: Callable[[], dict[str, Any]],
         saved: Callable[[], None],
         log: FilteringBoundLogger,
+        drills: Drills | None = None,
     ) -> None:
         self.hub, self.status, self.saved, self.log = hub, status, saved, log
+        self.drills = drills
 
     def execute(self, c: Command) -> dict[str, Any]:
         if isinstance(c, Status):
             return self.status()
+        if isinstance(c, Drill):
+            raise CommandError("a drill runs from the local socket (trunkguard drill)")
         engine, now = self.hub.engine, self.hub.clock()
         try:
             if isinstance(c, Failover):
@@ -148,4 +172,19 @@ class Commands:
 
     async def handle(self, req: dict[str, Any]) -> Any:
         """The control socket's handler."""
-        return self.execute(parse(req))
+        c = parse(req)
+        if isinstance(c, Drill):
+            return await self.drill(c)
+        return self.execute(c)
+
+    async def drill(self, c: Drill) -> dict[str, Any]:
+        if self.drills is None:
+            raise CommandError("drills are not available")
+        try:
+            plan = self.drills.plan(c.scenario, c.group)
+        except DrillError as e:
+            raise CommandError(str(e)) from None
+        self.log.warning("drill", **request(c), carrier=str(plan[2]))
+        report = await self.drills.run(c.scenario, c.group, c.dry_run)
+        self.saved()
+        return report

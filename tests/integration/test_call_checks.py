@@ -70,7 +70,7 @@ def metric(port: int, name: str) -> dict[str, float]:
 
 
 def test_call_checks_tell_working_rejecting_and_silent_carriers_apart(tmp_path: Path) -> None:
-    echo, reject, mute = (procs.free_port() for _ in range(3))
+    echo, reject, mute, echo_rtp, mute_rtp = (procs.free_port() for _ in range(5))
     http_port = procs.free_port(socket.SOCK_STREAM)
     cfg = tmp_path / "trunkguard.yaml"
     cfg.write_text(f"""\
@@ -101,11 +101,11 @@ routes:
             calls.CARRIER,
             "127.0.0.1",
             echo,
-            media_port=echo + 10000,
+            media_port=echo_rtp,
             extra=("-rtp_echo",),
         ),
         sipp.uas(tmp_path, "reject", REJECTS_CALLS, "127.0.0.1", reject),
-        sipp.uas(tmp_path, "mute", calls.CARRIER, "127.0.0.1", mute, media_port=mute + 10000),
+        sipp.uas(tmp_path, "mute", calls.CARRIER, "127.0.0.1", mute, media_port=mute_rtp),
     ):
         agent = Agent(cfg)
         try:

@@ -372,11 +372,13 @@ class Engine:
 
     # ---- operator commands (raise KeyError/ValueError with a one-line reason) ----------
 
-    def set_maintenance(self, target: TargetId, on: bool, now: float) -> Sequence[Event]:
+    def set_maintenance(
+        self, target: TargetId, on: bool, now: float, by: str = "operator"
+    ) -> Sequence[Event]:
         h: TrunkHealth | LinkHealth | None = self._targets.get(target) or self._links.get(target)
         if h is None:
             raise KeyError(f"unknown target {str(target)!r}")
-        t = h.set_maintenance(on, now)
+        t = h.set_maintenance(on, now, by)
         return self._after([t] if t else [], now, now)
 
     def evacuate(self, on: bool, now: float) -> Sequence[Event]:

@@ -55,15 +55,16 @@ class Maintainable(Stateful, Protocol):
 
 
 def set_maintenance(
-    h: Maintainable, on: bool, at: float, underlying: State, what: str
+    h: Maintainable, on: bool, at: float, underlying: State, what: str, by: str = "operator"
 ) -> Transition | None:
-    """Operator maintenance over any machine: on hides `underlying`, off reveals it."""
+    """Maintenance over any machine: on hides `underlying`, off reveals it. `by` says
+    who: the operator, or a drill (labelled in every event it causes)."""
     if on == h.maintenance:
         return None
     h.maintenance = on
     if on:
-        return move(h, State.MAINTENANCE, at, "maintenance on (operator)")
-    return move(h, underlying, at, f"maintenance off (operator), {what} {underlying}")
+        return move(h, State.MAINTENANCE, at, f"maintenance on ({by})")
+    return move(h, underlying, at, f"maintenance off ({by}), {what} {underlying}")
 
 
 @dataclass(slots=True)

@@ -69,8 +69,8 @@ class LinkHealth:
         self.settled = self.seen
         return None if self.maintenance else move(self, self.settled, at, why)
 
-    def set_maintenance(self, on: bool, at: float) -> Transition | None:
-        return set_maintenance(self, on, at, self.settled, "link is")
+    def set_maintenance(self, on: bool, at: float, by: str = "operator") -> Transition | None:
+        return set_maintenance(self, on, at, self.settled, "link is", by)
 
     def reset(self, params: LinkParams) -> None:
         self.params = params

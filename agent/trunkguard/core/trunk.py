@@ -87,10 +87,10 @@ class TrunkHealth:
         holds = [h for d in self.dests.values() if (h := d.hold_until) is not None]
         return max(holds, default=None)
 
-    def set_maintenance(self, on: bool, at: float) -> Transition | None:
+    def set_maintenance(self, on: bool, at: float, by: str = "operator") -> Transition | None:
         if self.deps_down and not on:
-            return set_maintenance(self, on, at, State.DOWN, f"{self._dep_text()}:")
-        return set_maintenance(self, on, at, self.probed_state, "probes say")
+            return set_maintenance(self, on, at, State.DOWN, f"{self._dep_text()}:", by)
+        return set_maintenance(self, on, at, self.probed_state, "probes say", by)
 
     def set_dependency(self, dep: TargetId, down: bool, at: float, why: str) -> Transition | None:
         """A link (or other target) this trunk is reached through went down or came back.

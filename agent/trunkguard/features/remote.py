@@ -27,6 +27,7 @@ from trunkguard.commands import (
     ACTIONS,
     Command,
     CommandError,
+    Drill,
     Evacuate,
     Failback,
     Failover,
@@ -50,6 +51,7 @@ _RIGHT: dict[type, Right] = {
     Failback: Right.ROUTING,
     Release: Right.ROUTING,
     Evacuate: Right.EVACUATION,
+    Drill: Right.ROUTING,  # refused over MQTT for now: a drill runs from the local socket
 }
 
 

@@ -265,6 +265,15 @@ class Metrics:
             ["call"],
             registry=r,
         )
+        self.drills_total = Counter(
+            "trunkguard_drills_total", "Drills by result.", ["scenario", "result"], registry=r
+        )
+        self.drill_seconds = Gauge(
+            "trunkguard_drill_seconds",
+            "The last drill's phases, seconds after the injection.",
+            ["scenario", "phase"],
+            registry=r,
+        )
         self.path_silent_failure = Gauge(
             "trunkguard_path_silent_failure",
             "1 when a path qualifies by OPTIONS but the call check that verifies it fails: "
