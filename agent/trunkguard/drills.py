@@ -1,7 +1,8 @@
 """Drills: a rehearsed failure through the daemon's own decision path, timed.
 
 `carrier`: the active path's carrier is put in maintenance labelled `drill` (never by
-breaking real equipment); the drill measures injection → decision → the actuators'
+breaking real equipment); `link`: the uplink it is reached through, the same way. The
+drill measures injection → decision → the actuators'
 routing applied and read back → a synthetic call through the new path (when it has a
 `verified_by` check) → restore → routing back on the original path → a call through
 it. It refuses while another drill runs or while anything is degraded (a group
@@ -26,10 +27,10 @@ from trunkguard.core.ids import Kind, Paths, TargetId
 from trunkguard.hub import Hub
 from trunkguard.sinks.latency import Applied
 
-SCENARIOS = ("carrier",)
+SCENARIOS = ("carrier", "link")
 STEP_TIMEOUT = 15.0
 # The manual drill figures of a utility hotline (the issue behind this feature).
-MANUAL_S = {"carrier": 240.0, "platform": 180.0, "site": 840.0}
+MANUAL_S = {"carrier": 240.0, "link": 240.0, "platform": 180.0, "site": 840.0}
 
 
 class DrillError(Exception):
@@ -93,8 +94,14 @@ class Drills:
         best = next((p for p in g.spec.paths if g.qualifies(p, e.states())), None)
         if best is None or best.name != g.active[0]:
             raise DrillError(f"route group {group} is not on its best path: a real failover is on")
-        trunks = [t for t in best.requires if t.kind is Kind.TRUNK]
-        if not trunks:
+        victims = [t for t in best.requires if t.kind is Kind.TRUNK]
+        if scenario == "link":
+            links = [t for t in best.requires if t.kind is Kind.LINK]
+            links += [lk for t in victims for lk in e.depends_on(t) if lk not in links]
+            if not links:
+                raise DrillError(f"path {best.name} goes through no watched link")
+            victims = links
+        if not victims:
             raise DrillError(f"path {best.name} requires no trunk to take out")
         down = [
             str(t) for p in g.spec.paths for t in p.requires if e.states().get(t) is not State.UP
@@ -102,7 +109,7 @@ class Drills:
         alternatives = [p for p in g.spec.paths if p is not best and g.qualifies(p, e.states())]
         if not alternatives:
             raise DrillError(f"no other path of {group} qualifies ({', '.join(down)}): no drill")
-        return group, g.active, trunks[0]
+        return group, g.active, victims[0]
 
     async def run(self, scenario: str, group: str | None, dry_run: bool) -> dict[str, Any]:
         gname, original, carrier = self.plan(scenario, group)

@@ -168,3 +168,27 @@ calls:
                 assert "no other path of outbound qualifies" in refused.stderr
             finally:
                 agent.stop()
+
+
+def test_link_drill_takes_the_uplink_out_and_puts_it_back(tmp_path: Path) -> None:
+    with two_carriers(tmp_path) as lab:
+        agent = Agent(lab.config(hold="30s", links=True), netns=lab.agent.name)
+        try:
+            agent.wait_for(Agent.applied("carrier-a"), 20, "initial route")
+            mark = agent.mark()
+            res = drill(tmp_path, "link", "--json")
+            assert res.returncode == 0, res.stdout + res.stderr
+            r = json.loads(res.stdout)
+            assert r["inject"] == "link:uplink-a in maintenance (drill)"
+            assert r["result"] == "passed" and r["left_as_found"] and r["new"] == "carrier-b"
+            assert r["calls"] == {}  # no call check configured: none placed
+            assert lab.gateway() == GW_A
+            agent.drain()
+            trunk_a = [
+                e["new"]
+                for e in agent.events[mark:]
+                if e.get("event") == "target transition" and e.get("target") == "trunk:carrier-a"
+            ]
+            assert trunk_a == ["down", "up"]  # through the link, as a real link failure
+        finally:
+            agent.stop()

@@ -147,6 +147,11 @@ class Engine:
     def desired(self) -> dict[str, Paths]:
         return {n: g.active for n, g in self._groups.items() if g.ready and g.active is not None}
 
+    def depends_on(self, target: TargetId) -> tuple[TargetId, ...]:
+        """The links a trunk is reached through."""
+        ts = self._spec.trunks.get(target)
+        return () if ts is None else ts.depends_on
+
     def find_target(self, text: str) -> TargetId:
         """A target by its full name (trunk:x) or, when unambiguous, its bare name."""
         every = [*self._targets, *self._links]
