@@ -277,22 +277,25 @@ def test_a_flood_of_garbage_on_cmd_is_counted_and_survived(tmp_path: Path) -> No
             out = pl.lab[A].ns.sh(sys.executable, "-c", code)
             return float(out.stdout)
 
-        def flood(expected: int) -> None:
-            asyncio.run(send_raw(pl.lab, payloads, want=0))
-            deadline = time.monotonic() + 60
-            while total() < expected:  # counting happens as the agent drains its queue
-                assert time.monotonic() < deadline, total()
-                time.sleep(0.2)
-            assert total() == expected
+        def flood() -> None:
+            """In bursts of 800: mosquitto holds at most 1,000 QoS 1 messages for a slow
+            subscriber (max_queued_messages) and drops the rest at the broker; below
+            that, every message must reach the agent and be counted."""
+            for start in range(0, len(payloads), 800):
+                chunk = payloads[start : start + 800]
+                asyncio.run(send_raw(pl.lab, chunk, want=0))
+                deadline = time.monotonic() + 60
+                while total() < start + len(chunk):  # the agent drains its queue
+                    assert time.monotonic() < deadline, total()
+                    time.sleep(0.1)
+            assert total() == len(payloads)
 
-        # Memory is bounded by the received-message queue (10,000 messages of at most
-        # this flood's 5 KB: 50 MB): two floods together stay within what one may take.
+        # Memory stays bounded by the receive queues (the broker's 1,000 per client and
+        # the agent's 10,000 messages): the flood adds no more than that can hold.
         before = rss_kb()
-        flood(10_000)
-        first = rss_kb()
-        flood(20_000)
-        second = rss_kb()
-        assert second - before < 64_000, (before, first, second)
+        flood()
+        after = rss_kb()
+        assert after - before < 64_000, (before, after)
         assert a.proc.poll() is None
         # Still answering: a genuine command goes through after the flood.
         out = pl.cli("failover", "pstn", "backup", "--site", A, "--node", NODE)
