@@ -24,12 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, pct, write_result  # noqa: E402
-from tests.lib import calls, sipp  # noqa: E402
 from tests.lib.agentproc import Agent  # noqa: E402
-from tests.lib.topology import GW_A, GW_B, two_carriers  # noqa: E402
+from tests.lib.topology import two_carriers  # noqa: E402
 from trunkguard.drills import MANUAL_S  # noqa: E402
 
-CALL_PORT = 5070
 SCENARIOS = ("carrier", "link")
 PHASES = ("decision", "applied", "call_new_path", "restored", "total")
 TARGET_S = {"carrier": 10.0, "link": 10.0}
@@ -43,41 +41,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d, two_carriers(Path(d)) as lab:
         tmp = Path(d)
         cfg = lab.config(hold="30s", links=True)
-        text = cfg.read_text()
-        for side in ("a", "b"):
-            text = text.replace(
-                f"        requires: [trunk:carrier-{side}]\n",
-                f"        requires: [trunk:carrier-{side}]\n        verified_by: call:via-{side}\n",
-            )
-        text += f"""\
-calls:
-  via-a: {{uri: "sip:echo@{GW_A}:{CALL_PORT}", every: 1h, duration: 1s}}
-  via-b: {{uri: "sip:echo@{GW_B}:{CALL_PORT}", every: 1h, duration: 1s}}
-"""
-        cfg.write_text(text)
-        ns = {GW_A: lab.carrier_a.name, GW_B: lab.carrier_b.name}
-        with (
-            sipp.uas(
-                tmp,
-                "call_a",
-                calls.CARRIER,
-                GW_A,
-                CALL_PORT,
-                netns=ns[GW_A],
-                media_port=CALL_PORT + 2,
-                extra=("-rtp_echo",),
-            ),
-            sipp.uas(
-                tmp,
-                "call_b",
-                calls.CARRIER,
-                GW_B,
-                CALL_PORT,
-                netns=ns[GW_B],
-                media_port=CALL_PORT + 2,
-                extra=("-rtp_echo",),
-            ),
-        ):
+        lab.with_call_checks(cfg)
+        with lab.call_carriers():
             agent = Agent(cfg, netns=lab.agent.name)
             try:
                 agent.wait_for(Agent.applied("carrier-a"), 30, "initial route")

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.lib import calls, sipp
 from tests.lib.agentproc import Agent
-from tests.lib.topology import GW_A, GW_B, two_carriers
+from tests.lib.topology import GW_A, two_carriers
 
 pytestmark = pytest.mark.integration
-
-CALL_PORT = 5070
 
 
 def drill(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,40 +28,8 @@ def drill(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_carrier_drill_with_calls_leaves_routing_as_found(tmp_path: Path) -> None:
     with two_carriers(tmp_path) as lab:
         cfg = lab.config(hold="30s")
-        text = cfg.read_text()
-        for side in ("a", "b"):
-            text = text.replace(
-                f"        requires: [trunk:carrier-{side}]\n",
-                f"        requires: [trunk:carrier-{side}]\n        verified_by: call:via-{side}\n",
-            )
-        text += f"""\
-calls:
-  via-a: {{uri: "sip:echo@{GW_A}:{CALL_PORT}", every: 1h, duration: 1s, tone: true}}
-  via-b: {{uri: "sip:echo@{GW_B}:{CALL_PORT}", every: 1h, duration: 1s, tone: true}}
-"""
-        cfg.write_text(text)
-        with (
-            sipp.uas(
-                tmp_path,
-                "call_a",
-                calls.CARRIER,
-                GW_A,
-                CALL_PORT,
-                netns=lab.carrier_a.name,
-                media_port=CALL_PORT + 2,
-                extra=("-rtp_echo",),
-            ),
-            sipp.uas(
-                tmp_path,
-                "call_b",
-                calls.CARRIER,
-                GW_B,
-                CALL_PORT,
-                netns=lab.carrier_b.name,
-                media_port=CALL_PORT + 2,
-                extra=("-rtp_echo",),
-            ),
-        ):
+        lab.with_call_checks(cfg, tone=True)
+        with lab.call_carriers():
             agent = Agent(cfg, netns=lab.agent.name)
             try:
                 agent.wait_for(Agent.applied("carrier-a"), 20, "initial route")

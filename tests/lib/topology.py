@@ -10,11 +10,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lib import sipp
+from tests.lib import calls, sipp
 from tests.lib.netns import Netns, namespaces, veth
 
 PREFIX = "203.0.113.0/24"  # the "PSTN" prefix whose route the agent moves
 GW_A, GW_B = "192.0.2.1", "198.51.100.1"
+CALL_PORT = 5070  # where each carrier also answers calls and echoes RTP (call_carriers)
 
 
 @dataclass
@@ -78,6 +79,41 @@ routes:
         path = self.tmp / "trunkguard.yaml"
         path.write_text(text)
         return path
+
+    def with_call_checks(self, cfg: Path, tone: bool = False) -> None:
+        """Add call checks via-a and via-b (every hour, 1 s tone) to a config from
+        config(), each path verified by its own; needs call_carriers()."""
+        text = cfg.read_text()
+        for side in ("a", "b"):
+            text = text.replace(
+                f"        requires: [trunk:carrier-{side}]\n",
+                f"        requires: [trunk:carrier-{side}]\n        verified_by: call:via-{side}\n",
+            )
+        opts = "every: 1h, duration: 1s" + (", tone: true" if tone else "")
+        text += "calls:\n" + "".join(
+            f'  via-{side}: {{uri: "sip:echo@{gw}:{CALL_PORT}", {opts}}}\n'
+            for side, gw in (("a", GW_A), ("b", GW_B))
+        )
+        cfg.write_text(text)
+
+    @contextmanager
+    def call_carriers(self) -> Iterator[None]:
+        """sipp answering calls and echoing RTP on CALL_PORT behind each carrier link."""
+        with ExitStack() as stack:
+            for name, gw, ns in (("a", GW_A, self.carrier_a), ("b", GW_B, self.carrier_b)):
+                stack.enter_context(
+                    sipp.uas(
+                        self.tmp,
+                        f"call_{name}",
+                        calls.CARRIER,
+                        gw,
+                        CALL_PORT,
+                        netns=ns.name,
+                        media_port=CALL_PORT + 2,
+                        extra=("-rtp_echo",),
+                    )
+                )
+            yield
 
     def gateway(self) -> str | None:
         out = self.agent.ip("-j", "route", "show", PREFIX).stdout
