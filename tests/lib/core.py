@@ -136,6 +136,9 @@ class StepEngine(Engine):
     def failback(self, *a, **kw):  # type: ignore[no-untyped-def,override]
         return Step(super().failback(*a, **kw))
 
+    def drill_sensor(self, *a, **kw):  # type: ignore[no-untyped-def,override]
+        return Step(super().drill_sensor(*a, **kw))
+
 
 def texts(desired: Mapping[str, Paths]) -> dict[str, str]:
     """Desired routing as text ("a", "a+b"), as the config and status name paths."""

@@ -10,7 +10,7 @@ restore(); nothing outside the core assigns its fields.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from trunkguard.core.events import (
@@ -22,6 +22,7 @@ from trunkguard.core.events import (
     SensorFault,
     SensorReading,
     SiteChange,
+    SiteState,
     State,
     TakeoverChange,
     TakeoverState,
@@ -41,6 +42,7 @@ from trunkguard.core.trunk import SINGLE, Quorum, TrunkHealth
 _DEP_DOWN = (State.DOWN, State.MAINTENANCE)
 NOTHING: Sequence[Event] = ()  # the answer to almost every probe: no allocation
 _NO_SESSION = "no broker session yet"
+DRILL = "drill"  # who a drill's injections are by: labelled everywhere, never persisted
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,12 @@ class Engine:
         self._fenced: str | None = None
         self._fenced_since = now
         self._now = now  # the latest time the shell passed in (for next_wakeup)
+        # A drill's injections: targets it put in maintenance, sensors it simulates
+        # (with their health before), an evacuation it caused. None of it is intent: a
+        # crash mid-drill must not bring the drill back after a restart.
+        self._drilled: set[TargetId] = set()
+        self._sensors_before: dict[str, SensorHealth] = {}
+        self._site_drill = False
         self.reconfigure(spec, now)
 
     # ---- read-only view ---------------------------------------------------------------
@@ -251,9 +259,10 @@ class Engine:
                     *(n for n, t in self._targets.items() if t.maintenance),
                     *(n for n, lh in self._links.items() if lh.maintenance),
                 ]
-            ),
-            evacuating=self._site.evacuating is not None,
-            evacuation_forced=self._site.forced,
+            )
+            - self._drilled,
+            evacuating=self._site.evacuating is not None and not self._site_drill,
+            evacuation_forced=self._site.forced and not self._site_drill,
             takeovers=self.serving(),
         )
 
@@ -301,10 +310,47 @@ class Engine:
         sh = self._sensors.get(name)
         if sh is None:  # a late reading for a sensor removed by a reload
             return NOTHING
+        if (before := self._sensors_before.get(name)) is not None:
+            before.observe(value, at)  # a drill simulates it: kept for afterwards
+            return NOTHING
         c = sh.observe(value, at)
         # Every reading can move a projection, so the site rule is asked each time.
         events: list[Event] = [SensorReading(name, value, at)]
         return events + self._after([], at, at, [c] if c else [], site=True)
+
+    def drill_sensor(self, name: str, value: Reading | None, at: float) -> Sequence[Event]:
+        """A drill's simulated reading, judged by the sensor's own rules and the site
+        rule; real readings meanwhile update the health kept for afterwards. None ends
+        it: the sensor is as it would have been, and an evacuation the drill caused
+        ends at once (no `hold`) unless the rule holds for real."""
+        sh = self._sensors.get(name)
+        if sh is None:
+            raise KeyError(f"unknown sensor {name!r}")
+        if value is None:
+            before = self._sensors_before.pop(name, None)
+            if before is None:
+                return NOTHING
+            self._sensors[name] = before
+            rule = self._site.spec.rule
+            holding = None if rule is None else evaluate(rule, self._sensors, self._view, at)
+            self._site.holding = holding
+            c = None
+            if holding is not None:
+                self._site_drill = False  # the rule holds for real: a real evacuation now
+            elif self._site_drill and not self._site.forced and not self._sensors_before:
+                c = self._site.end(at, "drill ended: sensors read as before")
+            return self._after([], at, at, site=c is None, site_change=c)
+        self._sensors_before.setdefault(name, sh.snapshot())
+        sc = sh.observe(value, at)
+        if sc is not None:
+            sc = replace(sc, reason=f"{sc.reason} ({DRILL})")
+        events: list[Event] = [SensorReading(name, value, at)]
+        events += self._after([], at, at, [sc] if sc else [], site=True)
+        for i, ev in enumerate(events):
+            if isinstance(ev, SiteChange) and ev.new is SiteState.EVACUATING:
+                self._site_drill = True
+                events[i] = replace(ev, reason=f"{ev.reason} ({DRILL})")
+        return events
 
     def sensor_failed(self, name: str, error: str, at: float) -> Sequence[Event]:
         sh = self._sensors.get(name)
@@ -383,12 +429,21 @@ class Engine:
         h: TrunkHealth | LinkHealth | None = self._targets.get(target) or self._links.get(target)
         if h is None:
             raise KeyError(f"unknown target {str(target)!r}")
+        if by == DRILL and not on and target not in self._drilled:
+            return NOTHING  # an operator took it over meanwhile: theirs to end
         t = h.set_maintenance(on, now, by)
+        if on and by == DRILL:
+            self._drilled.add(target)
+        else:
+            self._drilled.discard(target)
         return self._after([t] if t else [], now, now)
 
-    def evacuate(self, on: bool, now: float) -> Sequence[Event]:
-        """Operator evacuation. Raises ValueError when `off` cannot be honoured."""
-        c = self._site.force(on, now)
+    def evacuate(self, on: bool, now: float, by: str = "operator") -> Sequence[Event]:
+        """Operator (or drill) evacuation. Raises ValueError when `off` cannot be honoured."""
+        if by == DRILL and not on and not self._site_drill:
+            return NOTHING  # an operator forced it meanwhile: theirs to end
+        c = self._site.force(on, now, by)
+        self._site_drill = on and by == DRILL
         return self._after([], now, now, site_change=c)
 
     def failover(self, group: str, path: str, now: float) -> Sequence[Event]:
@@ -435,6 +490,8 @@ class Engine:
             site_change = self._site.evaluate(holding, now)
         if site_change is not None:
             events.append(site_change)
+            if site_change.new is SiteState.NORMAL:
+                self._site_drill = False
             all_groups, cause_at = True, site_change.at
         serving = None if takeovers else self.serving()  # an operator's release: changed
         if self._takeovers and (peers or ts or site_change or takeovers):

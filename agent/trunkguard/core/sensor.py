@@ -12,7 +12,7 @@ reading that does not come is a state of its own that rules can act on.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trunkguard.core.events import Level, SensorChange
 
@@ -171,6 +171,10 @@ class SensorHealth:
             return None
         left = (sign * s.critical - sign * fitted) / towards - (now - last_t)
         return max(left, 0.0)
+
+    def snapshot(self) -> SensorHealth:
+        """A copy to put back after a drill's simulated readings."""
+        return replace(self, samples=deque(self.samples))
 
     def reset(self, spec: SensorSpec) -> None:
         """New settings on reload: keep the readings, re-derive the level on the next one."""

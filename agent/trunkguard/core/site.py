@@ -162,20 +162,24 @@ class SitePolicy:
             return self.clear_since + self.spec.hold
         return None
 
-    def force(self, on: bool, now: float) -> SiteChange | None:
-        """Operator evacuation on/off. Off refuses while the rule still holds."""
+    def force(self, on: bool, now: float, by: str = "operator") -> SiteChange | None:
+        """Operator (or drill) evacuation on/off. Off refuses while the rule still holds."""
         if on:
             self.forced = True
             if self.state is SiteState.EVACUATING:
-                self.reason = "forced by operator"
+                self.reason = f"forced by {by}"
                 return None
-            return self._move(SiteState.EVACUATING, now, "forced by operator")
+            return self._move(SiteState.EVACUATING, now, f"forced by {by}")
         if self.holding is not None:
             raise ValueError(f"cannot return: the evacuation rule still holds ({self.holding})")
         self.forced = False
-        if self.state is SiteState.NORMAL:
+        return self.end(now, f"evacuation ended by {by}")
+
+    def end(self, now: float, why: str) -> SiteChange | None:
+        """Return now, without the `hold` (an operator's or a drill's word, rule clear)."""
+        if self.state is SiteState.NORMAL or self.holding is not None:
             return None
-        return self._move(SiteState.NORMAL, now, "evacuation ended by operator")
+        return self._move(SiteState.NORMAL, now, why)
 
     def restore(self, evacuating: bool, forced: bool, now: float) -> None:
         """After a restart: resume an evacuation; the rule must then be clear for `hold`."""
