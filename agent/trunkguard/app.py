@@ -24,16 +24,18 @@ from trunkguard.commands import Commands
 from trunkguard.config import Config, ConfigError, load_config
 from trunkguard.control import ControlServer
 from trunkguard.core.engine import Engine
-from trunkguard.core.ids import TargetId
+from trunkguard.core.ids import TargetId, trunk
 from trunkguard.drills import Drills
 from trunkguard.features import FEATURES
 from trunkguard.features.base import Context
+from trunkguard.features.calls import Caller, call
 from trunkguard.hub import Hub
 from trunkguard.obs import page, systemd
 from trunkguard.obs.http import Query
 from trunkguard.obs.logging import configure_logging, get_logger
 from trunkguard.obs.metrics import Metrics
 from trunkguard.sinks import views
+from trunkguard.sinks.alarms import AlarmSink
 from trunkguard.sinks.intent import IntentSink
 from trunkguard.sinks.latency import LatencySink
 from trunkguard.sinks.log import LogSink
@@ -84,7 +86,11 @@ class App:
         if self.mqtt is not None and cfg.mqtt is not None:
             beat, expiry = cfg.mqtt.heartbeat, cfg.mqtt.expiry()
             self.mqtt_sink = MqttSink(hub, self.mqtt, self.facts, beat, expiry)
-        self.drills = Drills(hub, self._call_spec, self.wall, self._drill_report)
+        self.alarms = AlarmSink(hub, self.facts, self.log, self.mqtt)
+        self.caller = Caller(hub, self.metrics, self.log)
+        self.drills = Drills(
+            hub, self._drill_call, self.wall, self._drill_report, self._roles, self._settings
+        )
         self.commands = Commands(hub, self.status, self.intent.request, self.log, self.drills)
         if attach is not None:
             attach(hub)
@@ -100,6 +106,10 @@ class App:
             self.hub.probes,
             {c.actuator.name: c.converged for c in self.hub.convergers},
             None if self.mqtt is None else self.mqtt.connected,
+            {
+                call(n): (self.hub.passed.get(call(n), self.started), c.max_age)
+                for n, c in self.cfg.calls.items()
+            },
         )
 
     def status(self) -> dict[str, Any]:
@@ -115,10 +125,32 @@ class App:
         html = asyncio.run_coroutine_threadsafe(render(), self._loop).result(timeout=2)
         return "text/html; charset=utf-8", iter([html.encode()])
 
-    def _call_spec(self, target: TargetId) -> dict[str, Any] | None:
-        """What a drill needs to place the call check `target` now."""
+    async def _drill_call(self, target: TargetId) -> tuple[bool, str, float | None] | None:
+        """A drill's call through a path: its call check, now (None: not configured)."""
         c = self.cfg.calls.get(target.name)
-        return None if c is None else {"spec": c.spec(), "deadline": c.deadline()}
+        if c is None:
+            return None
+        ok, reason, r = await self.caller.check(target.name, c, by="drill")
+        return ok, reason, r.answered_s
+
+    def _roles(self) -> dict[TargetId, str]:
+        return {trunk(n): t.role for n, t in self.cfg.trunks.items()}
+
+    def _settings(self, group: str) -> dict[str, Any]:
+        """The settings a drill ran with, for its report."""
+        p, g = self.cfg.probe, self.cfg.routes.get(group)
+        out: dict[str, Any] = {
+            "probe": f"every {p.interval:g}s (fast {p.fast_interval:g}s), "
+            f"timeout {p.timeout:g}s, rise {p.rise}, fall {p.fall}",
+        }
+        if g is not None:
+            out["group"] = f"failback {g.failback}, hold {g.hold:g}s"
+        if self.cfg.calls:
+            out["calls"] = ", ".join(
+                f"{n}: answer within {c.answer_within:g}s, tone {c.duration:g}s"
+                for n, c in self.cfg.calls.items()
+            )
+        return out
 
     def _drill_report(self, report: dict[str, Any]) -> None:
         scenario = report["scenario"]
@@ -126,6 +158,7 @@ class App:
         for phase, seconds in report["phases"].items():
             self.metrics.drill_seconds.labels(scenario, phase).set(seconds)
         if self.mqtt is not None:
+            self.mqtt.publish(f"drills/{report['id']}", report)
             self.mqtt.publish("drills/last", report, retain=True)
         self.log.warning(
             "drill done", id=report["id"], result=report["result"], phases=report["phases"]
@@ -173,6 +206,7 @@ class App:
         background = [
             ("loop-lag", self.metrics.watch_loop_lag),
             ("state-writer", self.intent.run),
+            ("alarms", self.alarms.run),
             *([("mqtt", self.mqtt.run)] if self.mqtt else []),
             *([("heartbeat", self.mqtt_sink.run)] if self.mqtt_sink else []),
         ]
@@ -240,7 +274,17 @@ class App:
     async def _generation(self) -> None:
         cfg, hub = self.cfg, self.hub
         env = {"TRUNKGUARD_SITE": cfg.site, "TRUNKGUARD_NODE": cfg.node}
-        ctx = Context(cfg, hub, self.metrics, self.log, self.mqtt, env, self.commands.execute)
+        ctx = Context(
+            cfg,
+            hub,
+            self.metrics,
+            self.log,
+            self.mqtt,
+            env,
+            self.commands.execute,
+            self.drills,
+            self.caller,
+        )
         parts = [f.build(ctx) for f in FEATURES]
         a = cfg.actuators
         converger = partial(

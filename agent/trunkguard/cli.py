@@ -12,6 +12,10 @@ from trunkguard import __version__
 from trunkguard.commands import CommandError
 from trunkguard.config import DEFAULT_PATH, ConfigError, load_config, parse_duration
 from trunkguard.control import request
+from trunkguard.drills import SCENARIOS
+from trunkguard.signing import Right
+
+DRILL_WAIT = 180.0  # a whole drill, with its calls and every step's deadline
 
 
 def _seconds(text: str) -> float:
@@ -111,9 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("peer", help="the peer site")
 
     sp = sub.add_parser("drill", help="rehearse a failure through the daemon, timed")
-    with_config(sp)
-    sp.add_argument("--socket", help="control socket (default: from the config)")
-    sp.add_argument("scenario", help="carrier")
+    with_socket(sp)
+    sp.add_argument("scenario", choices=SCENARIOS)
     sp.add_argument("--group", help="the route group (default: the first with 2+ paths)")
     sp.add_argument("--dry-run", action="store_true", help="say what would happen, do nothing")
     sp.add_argument("--json", action="store_true", help="the report as JSON")
@@ -176,6 +179,8 @@ def _print_status(s: dict[str, Any]) -> None:
     if s.get("fenced"):
         print()
         print(f"FENCED: {s['fenced']} (keeping own routing, claiming nothing)")
+    for a in s.get("alarms") or ():
+        print(f"ALARM: {a}")
     ev = s.get("evacuation")
     if ev and (ev["state"] != "normal" or ev["forced"] or ev["rule_holds"]):
         forced = " (forced)" if ev["forced"] else ""
@@ -251,6 +256,9 @@ def _action(args: argparse.Namespace) -> dict[str, Any]:
         req |= {"peer": args.peer}
     elif args.command == "maintenance":
         req |= {"target": args.target, "on": args.mode == "on"}
+    elif args.command == "drill":
+        req |= {"scenario": args.scenario, "dry_run": args.dry_run}
+        req |= {"group": args.group} if args.group else {}
     return req
 
 
@@ -262,7 +270,8 @@ def _broker(args: argparse.Namespace) -> Any:
     return BrokerOpts(args.broker, args.ca_file, args.username, args.password_file, args.prefix)
 
 
-def _cmd_remote(args: argparse.Namespace) -> int:
+def _signed(args: argparse.Namespace, drill_timeout: float = 0.0) -> dict[str, Any]:
+    """Send the command line as a signed command; the answers by node."""
     from trunkguard import noc
 
     if not args.key:
@@ -270,9 +279,15 @@ def _cmd_remote(args: argparse.Namespace) -> int:
     req = _action(args)
     action = req.pop("cmd")
     cid, payload = noc.signed(args.key, args.key_id, args.site, args.node, action, req)
-    answers = noc.run(noc.send(_broker(args), cid, payload, args.site, args.node, args.timeout))
+    b = _broker(args)
+    answers = noc.run(noc.send(b, cid, payload, args.site, args.node, args.timeout, drill_timeout))
     if not answers:
         raise CommandError(f"no node of site {args.site} answered within {args.timeout:g}s")
+    return answers
+
+
+def _cmd_remote(args: argparse.Namespace) -> int:
+    answers, action = _signed(args), args.command
     if getattr(args, "json", False):
         print(json.dumps(answers, indent=2, sort_keys=True))
     for node, a in sorted(answers.items()):
@@ -296,20 +311,34 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
     from trunkguard import drill_report
 
-    req = {"cmd": "drill", "scenario": args.scenario, "group": args.group}
-    report = request(_socket_path(args), req | {"dry_run": args.dry_run}, timeout=180)
-    if args.report_dir:
-        d = Path(args.report_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        base = d / f"drill-{report['id']}"
-        base.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        base.with_suffix(".md").write_text(drill_report.markdown(report))
-        base.with_suffix(".html").write_text(drill_report.html(report))
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+    if args.site:  # signed, over MQTT: the report comes back on drills/<id>
+        reports = []
+        for node, a in sorted(_signed(args, 0.0 if args.dry_run else DRILL_WAIT).items()):
+            if not a.get("ok"):
+                print(f"{args.site}/{node}: refused ({a.get('reason')}): {a.get('error')}")
+            elif "report" not in a:
+                started = a.get("result", {})
+                print(f"{args.site}/{node}: drill {started.get('drill')}: {started.get('inject')}")
+                reports.append({"result": "planned" if args.dry_run else "no report"})
+            else:
+                reports.append(a["report"])
     else:
-        print(drill_report.markdown(report), end="")
-    return 0 if report.get("result") in ("passed", "planned") else 1
+        req = _action(args)
+        reports = [request(_socket_path(args), req, timeout=DRILL_WAIT)]
+    for report in (r for r in reports if "id" in r):
+        if args.report_dir:
+            d = Path(args.report_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            base = d / f"drill-{report['id']}"
+            base.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True))
+            base.with_suffix(".md").write_text(drill_report.markdown(report))
+            base.with_suffix(".html").write_text(drill_report.html(report))
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            print(drill_report.markdown(report), end="")
+    ok = ("passed", "planned")
+    return 0 if reports and all(r.get("result") in ok for r in reports) else 1
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -318,7 +347,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     key, pub, public = keygen(args.out)
     name = pub.name.removesuffix(".pub")
     print(f"wrote {key} (private, 0600) and {pub}")
-    rights = "read, maintenance, routing, evacuation"
+    rights = ", ".join(r.value for r in Right)
     print(f"on each agent, allow it in trunkguard.yaml (rights: {rights}):")
     print(f"commands:\n  keys:\n    {name}: {{public_key: {public}, allow: [read]}}")
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from trunkguard.core.events import Decision
-from trunkguard.drills import DrillError, Drills
+from trunkguard.drills import DrillError, Drills, Plan
 from trunkguard.hub import Hub
 
 SITE = "site"  # `maintenance site on|off` is an evacuation
@@ -145,7 +145,7 @@ class Commands:
         if isinstance(c, Status):
             return self.status()
         if isinstance(c, Drill):
-            raise CommandError("a drill runs from the local socket (trunkguard drill)")
+            return self.start_drill(c)
         engine, now = self.hub.engine, self.hub.clock()
         try:
             if isinstance(c, Failover):
@@ -177,14 +177,24 @@ class Commands:
             return await self.drill(c)
         return self.execute(c)
 
-    async def drill(self, c: Drill) -> dict[str, Any]:
+    def _plan(self, c: Drill) -> tuple[Drills, Plan]:
         if self.drills is None:
             raise CommandError("drills are not available")
         try:
             plan = self.drills.plan(c.scenario, c.group)
         except DrillError as e:
             raise CommandError(str(e)) from None
-        self.log.warning("drill", **request(c), carrier=str(plan[2]))
-        report = await self.drills.run(c.scenario, c.group, c.dry_run)
-        self.saved()
-        return report
+        self.log.warning("drill", **request(c), id=plan.id, inject=plan.inject)
+        return self.drills, plan
+
+    async def drill(self, c: Drill) -> dict[str, Any]:
+        """From the local socket: the whole drill, answered with its report."""
+        drills, plan = self._plan(c)
+        return await drills.run(plan, c.dry_run)
+
+    def start_drill(self, c: Drill) -> dict[str, Any]:
+        """From a signed command: answered at once; the report goes to drills/<id>."""
+        drills, plan = self._plan(c)
+        if not c.dry_run:
+            drills.start(plan)
+        return {"drill": plan.id, "inject": plan.inject, "report": f"drills/{plan.id}"}

@@ -1,40 +1,64 @@
 """Drills: a rehearsed failure through the daemon's own decision path, timed.
 
-`carrier`: the active path's carrier is put in maintenance labelled `drill` (never by
-breaking real equipment); `link`: the uplink it is reached through, the same way. The
-drill measures injection → decision → the actuators'
-routing applied and read back → a synthetic call through the new path (when it has a
-`verified_by` check) → restore → routing back on the original path → a call through
-it. It refuses while another drill runs or while anything is degraded (a group
-without a path, a pinned or failed-over group, the site evacuating, a target down),
-aborts and restores at once when a step does not happen in time, and always leaves
-routing as it found it.
+Each scenario injects through the core as a real failure would arrive, labelled
+`drill` in every event, and never by breaking real equipment:
+
+- `carrier`: the active path's carrier trunk (role `carrier`) in maintenance;
+- `platform`: the SBC/PBX trunk the path requires (role `platform`) in maintenance;
+- `link`: the uplink the path is reached through in maintenance;
+- `site`: an evacuation to the remote paths, forced;
+- `cooling`: the evacuation rule's sensors read a simulated rise through the sensor's
+  own thresholds and the site rule, until the rule fires.
+
+A drill measures injection → (detection) → decision → the actuators' routing applied
+and read back → a synthetic call through the new path (when it has a `verified_by`
+check) → restore → routing back on the original path → a call through it. It refuses
+while another drill runs or while anything is degraded, aborts and restores at once
+when a step does not happen in time or a call fails, and always leaves routing as it
+found it. Nothing it injects is persisted: a crash mid-drill restarts without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunkguard.calls.check import place
-from trunkguard.core.events import Decision, State
+from trunkguard.core.engine import DRILL
+from trunkguard.core.events import Decision, Level, SiteChange, SiteState, State
 from trunkguard.core.ids import Kind, Paths, TargetId
+from trunkguard.core.policy import PathSpec
+from trunkguard.core.sensor import SensorSpec
+from trunkguard.core.site import AllOf, AnyOf, Rule
 from trunkguard.hub import Hub
 from trunkguard.sinks.latency import Applied
 
-SCENARIOS = ("carrier", "link")
+SCENARIOS = ("carrier", "platform", "link", "site", "cooling")
 STEP_TIMEOUT = 15.0
+RAMP_STEPS, RAMP_EVERY = 8, 0.25  # the simulated rise: 8 readings, 2 s to critical
 # The manual drill figures of a utility hotline (the issue behind this feature).
-MANUAL_S = {"carrier": 240.0, "link": 240.0, "platform": 180.0, "site": 840.0}
+MANUAL_S = {"carrier": 240.0, "link": 240.0, "platform": 180.0, "site": 840.0, "cooling": 840.0}
 
 
 class DrillError(Exception):
     """A drill refused before it started; the text says why."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    scenario: str
+    group: str
+    original: Paths
+    inject: str  # what is done, in words
+    targets: tuple[TargetId, ...] = ()  # put in maintenance
+    sensors: tuple[str, ...] = ()  # simulated
+    evacuate: bool = False
 
 
 @dataclass
@@ -42,6 +66,17 @@ class _Watch:
     group: str
     decisions: asyncio.Queue[Decision] = field(default_factory=asyncio.Queue)
     applied: asyncio.Queue[Applied] = field(default_factory=asyncio.Queue)
+    sites: asyncio.Queue[SiteChange] = field(default_factory=asyncio.Queue)
+
+
+def rule_sensors(rule: Rule | None) -> Iterator[str]:
+    if rule is None:
+        return
+    if isinstance(rule, AnyOf | AllOf):
+        for r in rule.items:
+            yield from rule_sensors(r)
+    else:
+        yield from rule.sensors
 
 
 class Drills:
@@ -50,15 +85,20 @@ class Drills:
     def __init__(
         self,
         hub: Hub,
-        calls: Callable[[TargetId], dict[str, Any] | None],
+        calls: Callable[[TargetId], Awaitable[tuple[bool, str, float | None] | None]],
         wall: Callable[[float], str],
         on_report: Callable[[dict[str, Any]], None] | None = None,
+        roles: Callable[[], Mapping[TargetId, str]] = dict,
+        settings: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self.hub, self.calls, self.wall, self.on_report = hub, calls, wall, on_report
+        self.roles, self.settings = roles, settings
         self.running: str | None = None
         self._watch: _Watch | None = None
+        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
         hub.subscribe(Decision, self._decision)
         hub.subscribe(Applied, self._applied)
+        hub.subscribe(SiteChange, self._site)
 
     def _decision(self, d: Decision) -> None:
         if self._watch is not None and d.group == self._watch.group:
@@ -68,8 +108,33 @@ class Drills:
         if self._watch is not None and a.group == self._watch.group:
             self._watch.applied.put_nowait(a)
 
-    def plan(self, scenario: str, group: str | None) -> tuple[str, Paths, TargetId]:
-        """The group, its active path and the carrier to take out; DrillError if not now."""
+    def _site(self, c: SiteChange) -> None:
+        if self._watch is not None:
+            self._watch.sites.put_nowait(c)
+
+    # ---- planning -----------------------------------------------------------------------
+
+    def degraded(self) -> str | None:
+        """Why the site is not in a state to drill on a schedule, or None: anything
+        down, in maintenance, warn or worse, evacuating, fenced, pinned or serving."""
+        e = self.hub.engine
+        if e.site.evacuating is not None:
+            return f"the site is evacuating ({e.site.evacuating})"
+        if e.fenced is not None:
+            return f"fenced ({e.fenced})"
+        for t, s in e.states().items():
+            if t.kind is not Kind.PEER and not t.dest and s is not State.UP:
+                return f"{t} is {s}"
+        for name, sh in e.sensors.items():
+            if sh.level not in (Level.OK, Level.UNKNOWN):
+                return f"sensor {name} is {sh.level}"
+        for name, g in e.groups.items():
+            if g.alarm or g.pinned is not None or g.took_over:
+                return f"route group {name} is not on its own best path"
+        return None
+
+    def plan(self, scenario: str, group: str | None) -> Plan:
+        """What the drill will do; DrillError if not now."""
         if scenario not in SCENARIOS:
             raise DrillError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
         if self.running is not None:
@@ -80,10 +145,20 @@ class Drills:
         for name, gp in e.groups.items():
             if gp.alarm:
                 raise DrillError(f"route group {name} has no path: no drill during an outage")
+        remote = scenario in ("site", "cooling")
         if group is None:
-            group = next((n for n, gp in e.groups.items() if len(gp.spec.paths) > 1), None)
+            group = next(
+                (
+                    n
+                    for n, gp in e.groups.items()
+                    if len(gp.spec.paths) > 1
+                    and (not remote or any(p.remote for p in gp.spec.paths))
+                ),
+                None,
+            )
             if group is None:
-                raise DrillError("no route group with more than one path to drill")
+                kind = "a remote path" if remote else "more than one path"
+                raise DrillError(f"no route group with {kind} to drill")
         g = e.groups.get(group)
         if g is None:
             raise DrillError(f"unknown route group {group!r}")
@@ -91,88 +166,188 @@ class Drills:
             raise DrillError(f"route group {group} has not decided yet")
         if g.pinned is not None or g.took_over:
             raise DrillError(f"route group {group} is pinned or serving a peer: no drill now")
-        best = next((p for p in g.spec.paths if g.qualifies(p, e.states())), None)
+        states = e.states()
+        best = next((p for p in g.spec.paths if g.qualifies(p, states)), None)
         if best is None or best.name != g.active[0]:
             raise DrillError(f"route group {group} is not on its best path: a real failover is on")
-        victims = [t for t in best.requires if t.kind is Kind.TRUNK]
+        plan = Plan(
+            id=time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2),
+            scenario=scenario,
+            group=group,
+            original=g.active,
+            inject="",
+        )
+        plan = self._plan_site(plan, best) if remote else self._plan_targets(plan, best)
+        hit = set(plan.targets)  # and what is reached through them
+        hit |= {t for p in g.spec.paths for t in p.requires if hit & set(e.depends_on(t))}
+        down = [str(t) for p in g.spec.paths for t in p.requires if states.get(t) is not State.UP]
+        alternatives = [
+            p
+            for p in g.spec.paths
+            if p is not best
+            and g.qualifies(p, states)
+            and not hit & set(p.requires)
+            and (p.remote or not remote)
+        ]
+        if not alternatives:
+            what = f" ({', '.join(down)})" if down else ""
+            raise DrillError(f"no other path of {group} qualifies{what}: no drill")
+        return plan
+
+    def _plan_targets(self, plan: Plan, best: PathSpec) -> Plan:
+        e, roles, scenario = self.hub.engine, self.roles(), plan.scenario
+        trunks = [t for t in best.requires if t.kind is Kind.TRUNK]
         if scenario == "link":
             links = [t for t in best.requires if t.kind is Kind.LINK]
-            links += [lk for t in victims for lk in e.depends_on(t) if lk not in links]
+            links += [lk for t in trunks for lk in e.depends_on(t) if lk not in links]
             if not links:
                 raise DrillError(f"path {best.name} goes through no watched link")
-            victims = links
-        if not victims:
-            raise DrillError(f"path {best.name} requires no trunk to take out")
-        down = [
-            str(t) for p in g.spec.paths for t in p.requires if e.states().get(t) is not State.UP
-        ]
-        alternatives = [p for p in g.spec.paths if p is not best and g.qualifies(p, e.states())]
-        if not alternatives:
-            raise DrillError(f"no other path of {group} qualifies ({', '.join(down)}): no drill")
-        return group, g.active, victims[0]
+            victim = links[0]
+        else:
+            mine = [t for t in trunks if roles.get(t, "carrier") == scenario]
+            if not mine:
+                raise DrillError(f"path {best.name} requires no trunk with role {scenario}")
+            victim = mine[0]
+        return Plan(
+            plan.id,
+            scenario,
+            plan.group,
+            plan.original,
+            f"{victim} in maintenance ({DRILL})",
+            targets=(victim,),
+        )
 
-    async def run(self, scenario: str, group: str | None, dry_run: bool) -> dict[str, Any]:
-        gname, original, carrier = self.plan(scenario, group)
-        drill_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+    def _plan_site(self, plan: Plan, best: PathSpec) -> Plan:
+        e = self.hub.engine
+        if best.remote:
+            raise DrillError(f"route group {plan.group} is on its remote path already")
+        if plan.scenario == "site":
+            return Plan(
+                plan.id, "site", plan.group, plan.original, f"evacuation ({DRILL})", evacuate=True
+            )
+        names = list(dict.fromkeys(rule_sensors(e.site.spec.rule)))
+        usable = [n for n in names if n in e.sensors and _can_simulate(e.sensors[n].spec)]
+        if not usable:
+            raise DrillError("the evacuation rule names no sensor with a critical level")
+        for n in usable:
+            if e.sensors[n].level is not Level.OK:
+                raise DrillError(f"sensor {n} is {e.sensors[n].level}: no drill now")
+        return Plan(
+            plan.id,
+            "cooling",
+            plan.group,
+            plan.original,
+            f"simulated rise of {', '.join(usable)} to critical ({DRILL})",
+            sensors=tuple(usable),
+        )
+
+    # ---- running ------------------------------------------------------------------------
+
+    def start(self, plan: Plan) -> None:
+        """Run in the background (a remote command: the report goes to MQTT)."""
+        task = asyncio.get_running_loop().create_task(self.run(plan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self, plan: Plan, dry_run: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {
-            "id": drill_id,
-            "scenario": scenario,
-            "group": gname,
-            "original": str(original),
-            "inject": f"{carrier} in maintenance (drill)",
+            "id": plan.id,
+            "scenario": plan.scenario,
+            "group": plan.group,
+            "original": str(plan.original),
+            "inject": plan.inject,
             "dry_run": dry_run,
             "phases": {},
             "calls": {},
-            "manual_s": MANUAL_S.get(scenario),
+            "manual_s": MANUAL_S.get(plan.scenario),
         }
+        if self.settings is not None:
+            report["settings"] = self.settings(plan.group)
         if dry_run:
             report["result"] = "planned"
             return report
-        self.running = drill_id
-        self._watch = _Watch(gname)
+        if self.running is not None:  # planned earlier, started later
+            raise DrillError(f"drill {self.running} is running: one at a time")
+        self.running = plan.id
+        self._watch = watch = _Watch(plan.group)
         clock, hub = self.hub.clock, self.hub
         t0 = clock()
         report["started"] = self.wall(t0)
         phases: dict[str, float] = report["phases"]
+        ramp: asyncio.Task[None] | None = None
         try:
-            hub.emit(hub.engine.set_maintenance(carrier, True, clock(), by="drill"))
-            d = await self._next(self._watch.decisions, "a failover decision")
+            for t in plan.targets:
+                hub.emit(hub.engine.set_maintenance(t, True, clock(), by=DRILL))
+            if plan.evacuate:
+                hub.emit(hub.engine.evacuate(True, clock(), by=DRILL))
+            if plan.sensors:
+                ramp = asyncio.create_task(self._ramp(plan.sensors))
+                while True:
+                    c = await self._next(watch.sites, "the evacuation rule firing")
+                    if c.new is SiteState.EVACUATING:
+                        break
+                phases["detected"] = c.at - t0
+                report["detected"] = c.reason
+            d = await self._next(watch.decisions, "a failover decision")
             phases["decision"] = d.at - t0
             report["new"] = str(d.new)
             a = await self._until_applied(d.new)
             phases["applied"] = a.at - t0
-            await self._call(report, "new_path", gname, d.new)
+            await self._call(report, "new_path", plan.group, d.new)
             phases["call_new_path"] = clock() - t0
             restore = clock()
-            self._restore(carrier, gname)
-            a = await self._until_applied(original)
+            self._restore(plan, ramp)
+            a = await self._until_applied(plan.original)
             phases["restored"] = a.at - t0
             phases["restore_applied"] = a.at - restore
-            await self._call(report, "restored_path", gname, original)
+            await self._call(report, "restored_path", plan.group, plan.original)
             phases["total"] = clock() - t0
-            report["result"] = (
-                "passed" if all(c["ok"] for c in report["calls"].values()) else "failed"
-            )
-        except TimeoutError as e:
+            report["result"] = "passed"
+        except (TimeoutError, _CallFailed) as e:
             report["result"], report["aborted"] = "aborted", str(e)
-            self._restore(carrier, gname)
-            with contextlib.suppress(TimeoutError):
-                await self._until_applied(original)
+            if isinstance(e, _CallFailed):
+                report["result"] = "failed"
+            moved = hub.engine.groups[plan.group].active != plan.original
+            self._restore(plan, ramp)
+            if moved:
+                with contextlib.suppress(TimeoutError):
+                    await self._until_applied(plan.original)
             phases["total"] = clock() - t0
         finally:
             self._watch, self.running = None, None
-            hub.emit(hub.engine.set_maintenance(carrier, False, clock(), by="drill"))
-        report["routing_after"] = str(hub.engine.groups[gname].active)
-        report["left_as_found"] = report["routing_after"] == str(original)
+            self._restore(plan, ramp)  # idempotent: whatever happened, nothing stays
+        report["routing_after"] = str(hub.engine.groups[plan.group].active)
+        report["left_as_found"] = report["routing_after"] == str(plan.original)
         if self.on_report is not None:
             self.on_report(report)
         return report
 
-    def _restore(self, carrier: TargetId, group: str) -> None:
-        hub, now = self.hub, self.hub.clock()
-        hub.emit(hub.engine.set_maintenance(carrier, False, now, by="drill"))
-        # Back at once (the drill is over): no failback hold, as an operator's failback.
-        hub.emit(hub.engine.failback(group, hub.clock()))
+    async def _ramp(self, sensors: tuple[str, ...]) -> None:
+        """Readings rising from each sensor's value to past critical, then held there."""
+        e, hub = self.hub.engine, self.hub
+        start = {n: e.sensors[n].value for n in sensors}
+        for step in itertools.count(1):
+            for n in sensors:
+                if (sh := e.sensors.get(n)) is not None:  # a reload may remove it
+                    v = _ramp_value(sh.spec, start[n], min(step / RAMP_STEPS, 1.0))
+                    hub.emit(e.drill_sensor(n, v, hub.clock()))
+            await asyncio.sleep(RAMP_EVERY)
+
+    def _restore(self, plan: Plan, ramp: asyncio.Task[None] | None) -> None:
+        """Undo the injection and fail back at once (the drill is over: no hold)."""
+        hub, e = self.hub, self.hub.engine
+        if ramp is not None:
+            ramp.cancel()
+        for t in plan.targets:
+            hub.emit(e.set_maintenance(t, False, hub.clock(), by=DRILL))
+        if plan.evacuate:
+            with contextlib.suppress(ValueError):  # the rule holds for real: it stays
+                hub.emit(e.evacuate(False, hub.clock(), by=DRILL))
+        for n in plan.sensors:
+            if n in e.sensors:
+                hub.emit(e.drill_sensor(n, None, hub.clock()))
+        if e.site.evacuating is None and plan.group in e.groups:
+            hub.emit(e.failback(plan.group, hub.clock()))
 
     async def _next(self, q: asyncio.Queue[Any], what: str) -> Any:
         try:
@@ -192,13 +367,38 @@ class Drills:
         path = next(p for p in g.spec.paths if p.name == paths[0])
         if path.verified_by is None:
             return
-        spec = self.calls(path.verified_by)
-        if spec is None:
+        res = await self.calls(path.verified_by)
+        if res is None:
             return
-        r = await place(spec["spec"], spec["deadline"])
+        ok, reason, answered_s = res
         report["calls"][key] = {
             "path": path.name,
-            "ok": r.ok,
-            "reason": r.reason,
-            "answered_s": r.answered_s,
+            "check": str(path.verified_by),
+            "ok": ok,
+            "reason": reason,
+            "answered_s": answered_s,
         }
+        if not ok:
+            raise _CallFailed(f"the call through {path.name} failed: {reason}")
+
+
+class _CallFailed(Exception):
+    """A synthetic call of the drill failed: restore at once."""
+
+
+def _can_simulate(spec: SensorSpec) -> bool:
+    if spec.kind == "bool":
+        return spec.critical_when is not None
+    return spec.critical is not None
+
+
+def _ramp_value(spec: SensorSpec, start: float | bool | None, frac: float) -> float | bool:
+    """The simulated reading `frac` of the way from the start to past critical."""
+    if spec.kind == "bool":
+        return bool(spec.critical_when) if frac >= 1.0 else not spec.critical_when
+    sign = 1.0 if spec.direction == "above" else -1.0
+    assert spec.critical is not None
+    end = spec.critical + sign * spec.hysteresis
+    if not isinstance(start, int | float) or isinstance(start, bool):
+        start = end - sign * 5.0
+    return round(start + (end - start) * frac, 3)

@@ -135,9 +135,11 @@ async def send(
     site: str,
     node: str | None,
     timeout: float,
+    drill_timeout: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Publish a signed command and collect the answers by node: from `node`, or from
-    every node of the site that is online (its retained status)."""
+    every node of the site that is online (its retained status). With drill_timeout,
+    also wait that long for each started drill's report (added as "report")."""
     for level in (site, node or "x"):
         if not valid_filter(level) or "+" in level or "#" in level or "/" in level:
             raise ValueError(f"bad site or node name {level!r}")
@@ -145,20 +147,30 @@ async def send(
     topic = f"{base}/cmd" if node is None else f"{base}/{node}/cmd"
     answers: dict[str, dict[str, Any]] = {}
     expected: set[str] = set() if node is None else {node}
+    drills: dict[str, str] = {}  # node -> the id of the drill it started
     async with b.client() as c:
         await c.subscribe(f"{base}/+/cmd/result", qos=1)
+        if drill_timeout:
+            await c.subscribe(f"{base}/+/drills/+", qos=1)
         if node is None:
             await c.subscribe(f"{base}/+/status", qos=1)
             expected = await _online(c, 0.5)
         await c.publish(topic, payload, qos=1)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(timeout, drill_timeout)):
                 async for m in c.messages:
-                    doc = json_doc(m.payload)
-                    if str(m.topic).endswith("/cmd/result") and doc.get("id") == cid:
-                        answers[str(doc.get("node"))] = doc
-                        if expected and expected <= set(answers):
-                            break
+                    doc, t = json_doc(m.payload), str(m.topic)
+                    if t.endswith("/cmd/result") and doc.get("id") == cid:
+                        who = str(doc.get("node"))
+                        answers[who] = doc
+                        started = doc.get("result")
+                        if drill_timeout and doc.get("ok") and isinstance(started, dict):
+                            drills[who] = str(started.get("drill"))
+                    elif "/drills/" in t and drills.get(who := t.split("/")[-3]) == doc.get("id"):
+                        del drills[who]
+                        answers[who]["report"] = doc
+                    if expected and expected <= set(answers) and not drills:
+                        break
         except TimeoutError:
             pass
     for missing in sorted(expected - set(answers)):

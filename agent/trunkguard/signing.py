@@ -42,6 +42,7 @@ class Right(StrEnum):
     MAINTENANCE = "maintenance"  # a target in or out of maintenance
     ROUTING = "routing"  # failover, failback, release of a takeover
     EVACUATION = "evacuation"  # evacuate the site, or end it
+    DRILL = "drill"  # run a drill (routing moves and comes back, labelled drill)
 
 
 class Rejected(Exception):

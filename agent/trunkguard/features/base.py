@@ -18,12 +18,14 @@ from trunkguard.act.base import Actuator
 from trunkguard.bus.mqtt import Handler, MqttPublisher
 from trunkguard.commands import Command
 from trunkguard.core.engine import CoreSpec
+from trunkguard.drills import Drills
 from trunkguard.hub import Hub
 from trunkguard.obs.metrics import Metrics
 from trunkguard.schema import Lines
 
 if TYPE_CHECKING:
     from trunkguard.config import Config
+    from trunkguard.features.calls import Caller
 
 Task = tuple[str, Callable[[], Awaitable[None]]]
 
@@ -40,6 +42,8 @@ class Context:
     env: Mapping[str, str]  # for programs: TRUNKGUARD_SITE, TRUNKGUARD_NODE
     # Runs an operator command (what the control socket runs), for remote commands.
     execute: Callable[[Command], dict[str, Any]] | None = None
+    drills: Drills | None = None  # for scheduled drills
+    caller: Caller | None = None  # places call checks (the schedule's and drills')
     topics: dict[str, Handler] = field(default_factory=dict)  # MQTT subscriptions
     as_published: set[str] = field(default_factory=set)  # of those: live only, retain as sent
 

@@ -12,16 +12,21 @@ its own child process with a hard deadline, one call at a time per agent.
 from __future__ import annotations
 
 import asyncio
+import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
+from structlog.typing import FilteringBoundLogger
 
 from trunkguard.calls.check import CallResult, place
 from trunkguard.core.engine import CoreSpec, TrunkSpec
 from trunkguard.core.events import Verdict
 from trunkguard.core.health import HealthParams
 from trunkguard.core.ids import Kind, TargetId
-from trunkguard.features.base import Context, Feature, Parts, Task
+from trunkguard.features.base import Context, Feature, Parts
+from trunkguard.hub import Hub
+from trunkguard.obs.metrics import Metrics
 from trunkguard.schema import Duration, IpAddress, Lines, Strict
 
 if TYPE_CHECKING:
@@ -41,6 +46,9 @@ class CallConfig(Strict):
     bind: IpAddress | None = None
     rise: int = Field(1, ge=1, le=10)
     fall: int = Field(1, ge=1, le=10)
+    # A path this check proves is "unverified" (status, MQTT alarms, an alert) once its
+    # last passing call is older than this; counted from the agent's start until then.
+    max_age: Duration = 86400.0
 
     @model_validator(mode="after")
     def _uri(self) -> CallConfig:
@@ -101,40 +109,55 @@ class Calls(Feature):
             spec.trunks[call(name)] = TrunkSpec(params)
 
     def build(self, ctx: Context) -> Parts:
-        if not ctx.cfg.calls:
+        if not ctx.cfg.calls or ctx.caller is None:
             return Parts()
-        one_at_a_time = asyncio.Lock()  # pjsua2 children compete for nothing but the CPU
-        tasks: list[Task] = [
-            (f"call {name}", _Checker(ctx, name, c, one_at_a_time).run)
-            for name, c in ctx.cfg.calls.items()
-        ]
-        return Parts(tasks=tasks)
+        m, hub, wall = ctx.metrics, ctx.hub, time.time() - ctx.hub.clock()
+        for name, c in ctx.cfg.calls.items():
+            # Unproven counts from when the check was first configured (a reload keeps it).
+            passed = hub.passed.setdefault(call(name), hub.clock())
+            m.call_last_success.labels(name).set(passed + wall)
+            m.call_max_age.labels(name).set(c.max_age)
+        caller = ctx.caller
+        return Parts(
+            tasks=[(f"call {n}", partial(_every, caller, n, c)) for n, c in ctx.cfg.calls.items()]
+        )
 
 
-class _Checker:
-    def __init__(self, ctx: Context, name: str, cfg: CallConfig, lock: asyncio.Lock) -> None:
-        self.ctx, self.name, self.cfg, self.lock = ctx, name, cfg, lock
-        self.target = call(name)
+async def _every(caller: Caller, name: str, cfg: CallConfig) -> None:
+    while True:
+        await caller.check(name, cfg)
+        await asyncio.sleep(cfg.every)
 
-    async def run(self) -> None:
-        m, hub = self.ctx.metrics, self.ctx.hub
-        while True:
-            async with self.lock:
-                r = await place(self.cfg.spec(), self.cfg.deadline())
-            ok, reason = self.cfg.judge(r)
-            m.call_check_up.labels(self.name).set(1 if ok else 0)
-            m.call_checks_total.labels(self.name, "ok" if ok else "failed").inc()
-            if r.answered_s is not None:
-                m.call_post_dial_delay_seconds.labels(self.name).set(r.answered_s)
-            if r.loss_ratio is not None:
-                m.call_rtp_loss_ratio.labels(self.name).set(r.loss_ratio)
-            if r.jitter_s is not None:
-                m.call_jitter_seconds.labels(self.name).set(r.jitter_s)
-            if ok:
-                m.call_last_success.labels(self.name).set_to_current_time()
-            self.ctx.log.info("call check", call=self.name, ok=ok, reason=reason)
-            hub.checked(Verdict(self.target, ok, hub.clock(), reason))
-            await asyncio.sleep(self.cfg.every)
+
+class Caller:
+    """Places call checks one at a time (pjsua2 children compete for the CPU) and reports
+    each one like any check: metrics, log and a verdict to the hub. Long-lived: the
+    schedule and the drills share it."""
+
+    def __init__(self, hub: Hub, metrics: Metrics, log: FilteringBoundLogger) -> None:
+        self.hub, self.metrics, self.log = hub, metrics, log
+        self.lock = asyncio.Lock()
+
+    async def check(
+        self, name: str, cfg: CallConfig, by: str = "schedule"
+    ) -> tuple[bool, str, CallResult]:
+        async with self.lock:
+            r = await place(cfg.spec(), cfg.deadline())
+        ok, reason = cfg.judge(r)
+        m = self.metrics
+        m.call_check_up.labels(name).set(1 if ok else 0)
+        m.call_checks_total.labels(name, "ok" if ok else "failed").inc()
+        if r.answered_s is not None:
+            m.call_post_dial_delay_seconds.labels(name).set(r.answered_s)
+        if r.loss_ratio is not None:
+            m.call_rtp_loss_ratio.labels(name).set(r.loss_ratio)
+        if r.jitter_s is not None:
+            m.call_jitter_seconds.labels(name).set(r.jitter_s)
+        if ok:
+            m.call_last_success.labels(name).set_to_current_time()
+        self.log.info("call check", call=name, ok=ok, reason=reason, by=by)
+        self.hub.checked(Verdict(call(name), ok, self.hub.clock(), reason))
+        return ok, reason, r
 
 
 FEATURE = Calls()

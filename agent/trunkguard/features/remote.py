@@ -51,7 +51,7 @@ _RIGHT: dict[type, Right] = {
     Failback: Right.ROUTING,
     Release: Right.ROUTING,
     Evacuate: Right.EVACUATION,
-    Drill: Right.ROUTING,  # refused over MQTT for now: a drill runs from the local socket
+    Drill: Right.DRILL,
 }
 
 

@@ -103,6 +103,9 @@ class TrunkConfig(ProbeOverrides):
     source_port: int | None = Field(None, ge=0, le=65535)
     tls: TlsConfig | None = None
     depends_on: list[TargetRef] = []  # links the trunk is reached through: [link:uplink-a]
+    # What a drill takes out: `trunkguard drill carrier` a carrier's trunk, `drill
+    # platform` the SBC/PBX a path requires (a trunk probing it with role: platform).
+    role: Literal["carrier", "platform"] = "carrier"
 
     @field_validator("uri")
     @classmethod
