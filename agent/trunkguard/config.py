@@ -17,6 +17,7 @@ from trunkguard.core.engine import CoreSpec
 from trunkguard.core.ids import Kind, TargetId, link, peer, trunk
 from trunkguard.features import FEATURES
 from trunkguard.features.calls import CallConfig
+from trunkguard.features.drills import DrillsConfig
 from trunkguard.features.http import ControlConfig, MetricsConfig
 from trunkguard.features.links import LinkConfig
 from trunkguard.features.mqtt import MqttConfig
@@ -56,6 +57,7 @@ class Config(Strict):
     actuators: ActuatorSettings = Field(default_factory=ActuatorSettings)
     mqtt: MqttConfig | None = None
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    drills: DrillsConfig = Field(default_factory=DrillsConfig)
     metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
 
     def targets(self) -> set[TargetId]:

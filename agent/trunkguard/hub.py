@@ -30,6 +30,8 @@ class Hub:
         self.clock = clock
         self.convergers: list[Converger] = []
         self.probes: dict[TargetId, ProbeOutcome] = {}  # each trunk's last probe, for views
+        # When each call check last passed (or was first configured), for views.
+        self.passed: dict[TargetId, float] = {}
         self.on_probe: ProbeHook | None = None  # an observer of every probe (the lab)
         self._handlers: dict[type, list[Callable[[Any], None]]] = {}
         self._batch: list[Callable[[Sequence[Event]], None]] = []
@@ -107,6 +109,8 @@ class Hub:
 
     def checked(self, v: Verdict) -> None:
         """A verdict from a check other than a probe (a synthetic call)."""
+        if v.ok:
+            self.passed[v.target] = v.at
         self.emit(self.engine.observe(v))
 
     def peer(self, msg: PeerStatus | PeerBeat) -> None:

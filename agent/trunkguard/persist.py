@@ -61,12 +61,13 @@ def next_epoch(state_dir: str | None) -> int:
     return epoch
 
 
-def load_counters(state_dir: str | None) -> dict[str, int]:
-    """The last counter accepted per signing key (signed commands)."""
+def load_counters(state_dir: str | None, name: str = "counters.json") -> dict[str, int]:
+    """A saved map of whole numbers: the last counter accepted per signing key (signed
+    commands), or when each scheduled drill last ran (drills.json)."""
     if not state_dir:
         return {}
     try:
-        raw = json.loads((Path(state_dir) / "counters.json").read_text())
+        raw = json.loads((Path(state_dir) / name).read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(raw, dict):
@@ -74,9 +75,11 @@ def load_counters(state_dir: str | None) -> dict[str, int]:
     return {str(k): v for k, v in raw.items() if type(v) is int}
 
 
-def save_counters(state_dir: str | None, counters: dict[str, int]) -> None:
+def save_counters(
+    state_dir: str | None, counters: dict[str, int], name: str = "counters.json"
+) -> None:
     if state_dir:
-        _write(Path(state_dir), "counters.json", json.dumps(counters, sort_keys=True))
+        _write(Path(state_dir), name, json.dumps(counters, sort_keys=True))
 
 
 def save(state_dir: str | None, intent: Intent) -> None:

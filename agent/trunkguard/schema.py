@@ -17,8 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from trunkguard.core.ids import TargetId, parse_target
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -27,7 +27,7 @@ def parse_duration(v: object) -> float:
         raise ValueError(f"duration needs a unit, e.g. '500ms', '2s' or '1m' (got {v!r})")
     m = _DURATION.match(v)
     if not m:
-        raise ValueError(f"bad duration {v!r}: use a number and ms, s, m or h, e.g. '500ms'")
+        raise ValueError(f"bad duration {v!r}: use a number and ms, s, m, h or d, e.g. '500ms'")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -69,6 +69,8 @@ Loc = tuple[str | int, ...]
 def fmt_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if not isinstance(part, int) and not part.isprintable():
+            part = repr(part)  # a key with a newline must not break the one-line problem
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 

@@ -21,41 +21,6 @@ from trunkguard.calls.check import place
 
 pytestmark = pytest.mark.integration
 
-# OPTIONS answered, every INVITE refused: the carrier that looks fine to pings.
-REJECTS_CALLS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="rejects calls">
-  <recv request="OPTIONS" optional="true" next="options"/>
-  <recv request="INVITE"/>
-  <send>
-    <![CDATA[
-SIP/2.0 503 Service Unavailable
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag03[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK" next="end"/>
-  <label id="options"/>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag02[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <label id="end"/>
-</scenario>
-"""
-
 
 def metric(port: int, name: str) -> dict[str, float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -104,7 +69,7 @@ routes:
             media_port=echo_rtp,
             extra=("-rtp_echo",),
         ),
-        sipp.uas(tmp_path, "reject", REJECTS_CALLS, "127.0.0.1", reject),
+        sipp.uas(tmp_path, "reject", calls.REJECTS_CALLS, "127.0.0.1", reject),
         sipp.uas(tmp_path, "mute", calls.CARRIER, "127.0.0.1", mute, media_port=mute_rtp),
     ):
         agent = Agent(cfg)
@@ -133,6 +98,12 @@ routes:
             assert t["call:via-b"]["state"] == "down" and t["trunk:carrier-b"]["state"] == "up"
             paths = {p["name"]: p for p in st["routes"]["outbound"]["paths"]}
             assert paths["b"]["qualifies"] and paths["b"]["verified"] == "down"
+            assert paths["b"]["proof"]["silent"] and not paths["a"]["proof"]["silent"]
+            assert not paths["a"]["proof"]["unverified"]  # max_age: 24h by default
+            assert sorted(st["alarms"]) == [
+                "path b of outbound answers OPTIONS but fails calls (call:via-b)",
+                "path c of outbound answers OPTIONS but fails calls (call:via-c)",
+            ]
 
             silent = metric(http_port, "trunkguard_path_silent_failure")
             assert silent == {

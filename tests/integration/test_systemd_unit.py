@@ -150,7 +150,7 @@ def test_sysusers_creates_the_service_account(tmp_path: Path) -> None:
 def test_prometheus_rules_check() -> None:
     res = run("promtool", "check", "rules", "trunkguard.rules.yml", cwd=PROM)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 21 rules found" in res.stdout
+    assert "SUCCESS: 22 rules found" in res.stdout
 
 
 @needs_promtool

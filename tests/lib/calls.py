@@ -177,6 +177,42 @@ Content-Length: 0
 """
 
 
+# OPTIONS answered, every INVITE refused: the carrier that looks fine to pings.
+REJECTS_CALLS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="rejects calls">
+  <recv request="OPTIONS" optional="true" next="options"/>
+  <recv request="INVITE"/>
+  <send>
+    <![CDATA[
+SIP/2.0 503 Service Unavailable
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag03[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" next="end"/>
+  <label id="options"/>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag02[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="end"/>
+</scenario>
+"""
+
+
 @contextmanager
 def carrier(
     tmp: Path, ip: str, port: int, netns: str | None = None

@@ -9,6 +9,7 @@ from trunkguard.act.base import Actuator
 from trunkguard.features import (
     calls,
     command,
+    drills,
     kamailio,
     links,
     mqtt,
@@ -40,6 +41,7 @@ FEATURES: tuple[Feature, ...] = (
     templates.FEATURE,
     mqtt.FEATURE,
     remote.FEATURE,
+    drills.FEATURE,
 )
 ACTUATORS = (netlink.FEATURE, command.FEATURE, kamailio.FEATURE, templates.FEATURE)
 

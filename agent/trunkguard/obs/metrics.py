@@ -261,7 +261,13 @@ class Metrics:
         )
         self.call_last_success = Gauge(
             "trunkguard_call_last_success_timestamp_seconds",
-            "When the synthetic call last passed (Unix time): an old one is an unproven path.",
+            "When the synthetic call last passed (Unix time; the agent's start until then).",
+            ["call"],
+            registry=r,
+        )
+        self.call_max_age = Gauge(
+            "trunkguard_call_max_age_seconds",
+            "How old a passing call may be before the path it proves is unverified.",
             ["call"],
             registry=r,
         )

@@ -55,6 +55,7 @@ def render(s: Json, recent: Sequence[Json]) -> str:
     ]
     if s.get("fenced"):
         parts.append(f'<p class="alarm">FENCED: {_e(s["fenced"])}</p>')
+    parts += [f'<p class="alarm">ALARM: {_e(a)}</p>' for a in s.get("alarms") or ()]
     ev = s.get("evacuation") or {}
     if ev.get("state") == "evacuating":
         parts.append(f'<p class="evacuating">SITE EVACUATING: {_e(ev.get("reason"))}</p>')

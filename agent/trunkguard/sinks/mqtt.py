@@ -88,7 +88,8 @@ class MqttSink:
         self._event("site", c.at, old=c.old, new=c.new, reason=c.reason, forced=c.forced)
 
     def decision(self, d: Decision) -> None:
-        self.mqtt.publish(f"routes/{d.group}", views.route(self.hub.engine, d.group), retain=True)
+        doc = views.route(self.hub.engine, d.group, self.hub.clock(), self.facts())
+        self.mqtt.publish(f"routes/{d.group}", doc, retain=True)
         old = None if d.old is None else str(d.old)
         self._event(
             "route", d.at, group=d.group, old=old, new=str(d.new), kind=d.kind, reason=d.reason

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trunkguard import __version__
 from trunkguard.core.engine import Engine
-from trunkguard.core.events import ProbeOutcome
+from trunkguard.core.events import ProbeOutcome, State
 from trunkguard.core.ids import Kind, TargetId
 from trunkguard.core.peer import PeerHealth
+from trunkguard.core.policy import PathSpec
 from trunkguard.core.sensor import SensorHealth
+from trunkguard.core.site import fmt_seconds
 from trunkguard.core.takeover import Takeover
 
 Json = dict[str, Any]
@@ -46,6 +48,8 @@ class Facts:
     probes: Mapping[TargetId, ProbeOutcome]
     actuators: Mapping[str, bool]  # name -> converged
     mqtt: bool | None  # connected; None without MQTT
+    # Call checks: (when it last passed, or was configured; how old that may be).
+    verify: Mapping[TargetId, tuple[float, float]] = field(default_factory=dict)
 
 
 def target(engine: Engine, tid: TargetId, f: Facts) -> Json:
@@ -161,7 +165,43 @@ def site(engine: Engine, f: Facts) -> Json:
     }
 
 
-def route(engine: Engine, group: str) -> Json:
+def proof(engine: Engine, group: str, p: PathSpec, now: float, f: Facts) -> Json | None:
+    """How well a path's call check proves it: the age of its last passing call, and
+    the two alarms: unverified (older than the check's max_age) and silent (the path
+    qualifies on OPTIONS while its calls fail)."""
+    if p.verified_by is None:
+        return None
+    states = engine.states()
+    passed, max_age = f.verify.get(p.verified_by, (f.started, 86400.0))
+    age = now - passed
+    return {
+        "check": str(p.verified_by),
+        "state": states.get(p.verified_by),
+        "age_s": round(age, 1),
+        "max_age_s": max_age,
+        "unverified": age > max_age,
+        "silent": engine.groups[group].qualifies(p, states)
+        and states.get(p.verified_by) is State.DOWN,
+    }
+
+
+def alarms(engine: Engine, now: float, f: Facts) -> list[str]:
+    """What needs a person: groups without a path, backups unproven or silently broken."""
+    out = [f"route group {g} has no path" for g, gp in engine.groups.items() if gp.alarm]
+    for g, gp in engine.groups.items():
+        for p in gp.spec.paths:
+            v = proof(engine, g, p, now, f)
+            if v is None:
+                continue
+            if v["silent"]:
+                out.append(f"path {p.name} of {g} answers OPTIONS but fails calls ({v['check']})")
+            if v["unverified"]:
+                age = fmt_seconds(v["max_age_s"])
+                out.append(f"path {p.name} of {g} unverified: no passing call in {age}")
+    return out
+
+
+def route(engine: Engine, group: str, now: float, f: Facts) -> Json:
     g = engine.groups[group]
     states = engine.states()
     return {
@@ -182,6 +222,7 @@ def route(engine: Engine, group: str) -> Json:
                 "serves": p.serves,
                 "verified_by": None if p.verified_by is None else str(p.verified_by),
                 "verified": None if p.verified_by is None else states.get(p.verified_by),
+                "proof": proof(engine, group, p, now, f),
                 "requires": [str(t) for t in p.requires],
                 "qualifies": g.qualifies(p, states),
             }
@@ -205,7 +246,8 @@ def snapshot(engine: Engine, now: float, f: Facts) -> Json:
         "peers": {t.name: peer(ph, f) for t, ph in engine.peers.items()},
         "takeovers": {p: takeover(tk, f) for p, tk in engine.takeovers.items()},
         "fenced": engine.fenced,
-        "routes": {g: route(engine, g) for g in engine.groups},
+        "routes": {g: route(engine, g, now, f) for g in engine.groups},
+        "alarms": alarms(engine, now, f),
         "actuators": {name: {"converged": ok} for name, ok in f.actuators.items()},
         "mqtt": None if f.mqtt is None else {"connected": f.mqtt},
     }
