@@ -10,7 +10,6 @@ Shared by tests/integration/test_drills_sbc.py and bench/drills.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -135,9 +134,3 @@ def sbc_lab(
         if start_b:
             stack.enter_context(lab.party("b", b_scenario))
         yield lab
-
-
-def report(stdout: str) -> dict[str, object]:
-    doc = json.loads(stdout)
-    assert isinstance(doc, dict)
-    return doc
