@@ -131,7 +131,7 @@ class App:
         if c is None:
             return None
         ok, reason, r = await self.caller.check(target.name, c, by="drill")
-        return ok, reason, r.answered_s
+        return ok, reason, None if r is None else r.answered_s
 
     def _roles(self) -> dict[TargetId, str]:
         return {trunk(n): t.role for n, t in self.cfg.trunks.items()}

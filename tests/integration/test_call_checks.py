@@ -17,6 +17,7 @@ import pytest
 
 from tests.lib import calls, procs, sipp
 from tests.lib.agentproc import Agent, cli
+from tests.lib.sbclab import sbc_lab
 from trunkguard.calls.check import place
 
 pytestmark = pytest.mark.integration
@@ -146,3 +147,56 @@ async def test_a_child_that_crashes_or_hangs_is_a_failed_check_not_a_stalled_age
         assert not missing.ok and "could not start" in missing.reason
     finally:
         beat.cancel()
+
+
+def test_a_call_check_never_takes_a_channel_kept_for_real_calls(tmp_path: Path) -> None:
+    """Three channels through the SBC, one kept free: with two real calls up (counted by
+    Kamailio's dialog module in the shipped config) the check is not placed, and
+    nothing is judged; once they hang up, it is placed and passes."""
+    with sbc_lab(tmp_path) as lab:
+        k = lab.k
+        cap = f', capacity: {{kamailio: "{k.unix_url}", channels: 3, keep_free: 1}}'
+        agent = Agent(lab.config(via_sbc=cap))  # and every 1s
+        try:
+            agent.wait_for(Agent.applied("carrier-a"), 20, "initial route")
+            first = agent.wait_for(
+                lambda e: e.get("event") == "call check" and e.get("call") == "via-sbc",
+                30,
+                "a first check",
+            )
+            assert first["ok"] is True
+            d = tmp_path / "real"
+            d.mkdir()
+            target = f"127.0.0.1:{k.sip_port}"
+            with calls.caller(
+                d, target, ip="127.0.0.1", rate=10, duration_ms=4000, calls=2
+            ) as real:
+                procs.wait_for(lambda: k.rpc("dlg.stats_active")["all"] == 2, 10, "two calls up")
+                mark = agent.mark()
+                skipped = agent.wait_for(
+                    lambda e: e.get("event") == "call check skipped", 10, "a skipped check", mark
+                )
+                assert skipped["reason"] == "2 of 3 channels in use, 1 kept for real calls"
+                procs.wait_for(lambda: real.proc.poll() is not None, 30, "real calls done")
+                assert [o.what for o in real.outcomes()].count("COMPLETED") == 2
+            mark = agent.mark()
+            again = agent.wait_for(
+                lambda e: e.get("event") == "call check" and e.get("call") == "via-sbc",
+                15,
+                "a check placed again",
+                mark,
+            )
+            assert again["ok"] is True
+            agent.drain()
+            skips = [e for e in agent.events if e.get("event") == "call check skipped"]
+            # No verdict while skipped: the check's target never went down.
+            downs = [
+                e
+                for e in agent.events
+                if e.get("event") == "target transition"
+                and e.get("target") == "call:via-sbc"
+                and e.get("new") == "down"
+            ]
+            assert skips and not downs
+        finally:
+            agent.stop()

@@ -35,9 +35,14 @@ class SbcLab:
     def socket(self) -> Path:
         return self.tmp / "control.sock"
 
-    def config(self, extra: str = "", *, max_age: str = "1d", schedule: str = "") -> Path:
-        """The agent's config; `extra` is appended (top-level sections)."""
+    def config(
+        self, extra: str = "", *, max_age: str = "1d", schedule: str = "", via_sbc: str = ""
+    ) -> Path:
+        """The agent's config; `extra` is appended (top-level sections), `via_sbc` to
+        the settings of the call check through Kamailio (", capacity: {...}")."""
         p, k = self.ports, self.k
+        every = "1s" if via_sbc else "1h"
+        checks = f"duration: 1s, max_age: {max_age}"
         drills = f"drills:\n  schedule:\n{schedule}" if schedule else ""
         text = f"""\
 site: lab
@@ -62,8 +67,8 @@ evacuation:
   when: {{sensors: [room], is: critical}}
   hold: 5m
 calls:
-  via-sbc: {{uri: "sip:echo@127.0.0.1:{k.sip_port}", every: 1h, duration: 1s, max_age: {max_age}}}
-  via-site: {{uri: "sip:echo@127.0.0.1:{p["site"]}", every: 1h, duration: 1s, max_age: {max_age}}}
+  via-sbc: {{uri: "sip:echo@127.0.0.1:{k.sip_port}", every: {every}, {checks}{via_sbc}}}
+  via-site: {{uri: "sip:echo@127.0.0.1:{p["site"]}", every: 1h, {checks}}}
 actuators:
   kamailio: {{rpc: "{k.unix_url}"}}
 routes:

@@ -40,6 +40,18 @@ def test_call_checks_become_targets_with_their_own_schedule() -> None:
         (('uri: "sip:echo@192.0.2.1"', 'uri: "http://x"'), "uri must be a sip: URI"),
         (('uri: "sip:echo@192.0.2.1"', 'uri: "sip:a b"'), "uri must be a sip: URI"),
         (("every: 15m", "every: 15"), "duration needs a unit"),
+        (("rise: 2", "rise: 2, max_age: 0s"), "greater than 0"),
+        (
+            (
+                "rise: 2",
+                'rise: 2, capacity: {kamailio: "unix:/run/k.sock", channels: 2, keep_free: 2}',
+            ),
+            "keep_free 2 leaves none of 2 channels",
+        ),
+        (
+            ("rise: 2", 'rise: 2, capacity: {kamailio: "ftp://x", channels: 30}'),
+            "calls.via-b.capacity.kamailio: bad RPC URL",
+        ),
     ],
 )
 def test_call_config_problems(change: tuple[str, str], want: str) -> None:

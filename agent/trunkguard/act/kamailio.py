@@ -351,27 +351,33 @@ class KamailioActuator:
         return None
 
     async def _call(self, method: str, params: list[Any]) -> Any:
-        req_id = secrets.token_hex(8)  # a string: Kamailio echoes numbers as doubles
-        doc = {"jsonrpc": "2.0", "method": method, "params": params, "id": req_id}
-        body = json.dumps(doc).encode()
-        where = f"{self.name} ({self._endpoint})"
-        try:
-            async with asyncio.timeout(self._timeout):
-                if isinstance(self._endpoint, HttpRpc):
-                    raw = await _http_post(self._endpoint, body)
-                else:
-                    raw = await _dgram_call(self._endpoint, body)
-        except TimeoutError:
-            msg = f"{where}: {method}: no reply within {self._timeout:g}s"
-            raise ActuatorError("timeout", msg) from None
-        except _BadReply as e:
-            raise ActuatorError("rpc", f"{where}: {method}: {e}") from None
-        except OSError as e:
-            raise ActuatorError("rpc", f"{where}: {method}: {e.strerror or e}") from None
-        return _result(raw, req_id, method, where)
+        return await rpc(self._endpoint, method, params, self._timeout, self.name)
 
     def __repr__(self) -> str:
         return f"KamailioActuator({self.name!r}, {str(self._endpoint)!r})"
+
+
+async def rpc(
+    endpoint: RpcEndpoint, method: str, params: list[Any], timeout: float, name: str
+) -> Any:
+    """One JSON-RPC call to Kamailio; ActuatorError with a one-line reason otherwise."""
+    req_id = secrets.token_hex(8)  # a string: Kamailio echoes numbers as doubles
+    doc = {"jsonrpc": "2.0", "method": method, "params": params, "id": req_id}
+    body = json.dumps(doc).encode()
+    where = f"{name} ({endpoint})"
+    try:
+        async with asyncio.timeout(timeout):
+            if isinstance(endpoint, HttpRpc):
+                raw = await _http_post(endpoint, body)
+            else:
+                raw = await _dgram_call(endpoint, body)
+    except TimeoutError:
+        raise ActuatorError("timeout", f"{where}: {method}: no reply within {timeout:g}s") from None
+    except _BadReply as e:
+        raise ActuatorError("rpc", f"{where}: {method}: {e}") from None
+    except OSError as e:
+        raise ActuatorError("rpc", f"{where}: {method}: {e.strerror or e}") from None
+    return _result(raw, req_id, method, where)
 
 
 class _BadReply(Exception):

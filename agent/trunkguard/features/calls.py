@@ -16,9 +16,11 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from structlog.typing import FilteringBoundLogger
 
+from trunkguard.act.base import ActuatorError
+from trunkguard.act.kamailio import parse_rpc, rpc
 from trunkguard.calls.check import CallResult, place
 from trunkguard.core.engine import CoreSpec, TrunkSpec
 from trunkguard.core.events import Verdict
@@ -31,6 +33,42 @@ from trunkguard.schema import Duration, IpAddress, Lines, Strict
 
 if TYPE_CHECKING:
     from trunkguard.config import Config
+
+
+class CapacityConfig(Strict):
+    """Channels kept for real calls: a check is not placed when it would take one."""
+
+    kamailio: str  # its JSON-RPC (as actuators.kamailio.rpc), counting dialogs in progress
+    channels: int = Field(ge=1)  # what the trunk or platform carries at once
+    keep_free: int = Field(1, ge=0)  # channels a check never takes
+    timeout: Duration = 1.0
+
+    @field_validator("kamailio")
+    @classmethod
+    def _rpc(cls, v: str) -> str:
+        parse_rpc(v)
+        return v
+
+    @model_validator(mode="after")
+    def _valid(self) -> CapacityConfig:
+        if self.keep_free >= self.channels:
+            raise ValueError(f"keep_free {self.keep_free} leaves none of {self.channels} channels")
+        return self
+
+    async def busy(self) -> str | None:
+        """Why a check must not be placed now, or None. Unknown counts as busy."""
+        try:
+            stats = await rpc(
+                parse_rpc(self.kamailio), "dlg.stats_active", [], self.timeout, "capacity"
+            )
+            n = int(stats["all"])
+        except ActuatorError as e:
+            return f"cannot count the calls in progress: {e}"
+        except (KeyError, TypeError, ValueError):
+            return "cannot count the calls in progress: dlg.stats_active has no count"
+        if n + 1 > self.channels - self.keep_free:
+            return f"{n} of {self.channels} channels in use, {self.keep_free} kept for real calls"
+        return None
 
 
 class CallConfig(Strict):
@@ -49,6 +87,7 @@ class CallConfig(Strict):
     # A path this check proves is "unverified" (status, MQTT alarms, an alert) once its
     # last passing call is older than this; counted from the agent's start until then.
     max_age: Duration = 86400.0
+    capacity: CapacityConfig | None = None
 
     @model_validator(mode="after")
     def _uri(self) -> CallConfig:
@@ -140,11 +179,18 @@ class Caller:
 
     async def check(
         self, name: str, cfg: CallConfig, by: str = "schedule"
-    ) -> tuple[bool, str, CallResult]:
+    ) -> tuple[bool, str, CallResult | None]:
+        """Place the call (unless it would take a channel kept for real calls: then no
+        call and no verdict) and report it; (ok, reason, the call's result)."""
+        m = self.metrics
         async with self.lock:
+            busy = None if cfg.capacity is None else await cfg.capacity.busy()
+            if busy is not None:
+                m.call_checks_total.labels(name, "skipped").inc()
+                self.log.info("call check skipped", call=name, reason=busy, by=by)
+                return False, f"not placed: {busy}", None
             r = await place(cfg.spec(), cfg.deadline())
         ok, reason = cfg.judge(r)
-        m = self.metrics
         m.call_check_up.labels(name).set(1 if ok else 0)
         m.call_checks_total.labels(name, "ok" if ok else "failed").inc()
         if r.answered_s is not None:
