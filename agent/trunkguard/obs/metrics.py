@@ -54,6 +54,13 @@ class Metrics:
             ["kind", "name", "state"],
             registry=r,
         )
+        self.target_down_cause = Gauge(
+            "trunkguard_target_down_cause",
+            "1 for why a trunk is not up: timeout, refused, unreachable, dns, tls, reset, "
+            "send_error, status_4xx..., dependency (its link), maintenance.",
+            ["kind", "name", "cause"],
+            registry=r,
+        )
         self.transitions_total = Counter(
             "trunkguard_transitions_total",
             "Health state transitions of targets.",

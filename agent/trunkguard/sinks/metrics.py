@@ -13,6 +13,8 @@ from trunkguard.core.events import (
     Event,
     Fence,
     Level,
+    Outcome,
+    ProbeOutcome,
     SensorChange,
     SensorFault,
     SensorReading,
@@ -22,7 +24,7 @@ from trunkguard.core.events import (
     TakeoverChange,
     Transition,
 )
-from trunkguard.core.ids import Kind
+from trunkguard.core.ids import Kind, TargetId
 from trunkguard.hub import Hub
 from trunkguard.obs.metrics import Metrics
 
@@ -30,9 +32,23 @@ STATES = [s.value for s in State]
 LEVELS = [lv.value for lv in Level]
 
 
+def down_cause(t: Transition, deps_down: bool, probe: ProbeOutcome | None) -> str:
+    """Why a trunk is not up, in a few words (a bounded label, for alert routing)."""
+    if t.new is State.MAINTENANCE:
+        return "maintenance"
+    if deps_down:
+        return "dependency"
+    if probe is None:
+        return "unknown"
+    if probe.reason is Outcome.RESPONSE and probe.code is not None:
+        return f"status_{probe.code // 100}xx"
+    return probe.reason.value
+
+
 class MetricsSink:
     def __init__(self, hub: Hub, metrics: Metrics) -> None:
-        self.m, self.engine = metrics, hub.engine
+        self.m, self.engine, self.hub = metrics, hub.engine, hub
+        self.causes: dict[TargetId, str] = {}  # the cause label each down trunk has now
         hub.subscribe(Transition, self.transition)
         hub.subscribe(DestTransition, self.dest_transition)
         hub.subscribe(SensorChange, self.sensor_change)
@@ -65,6 +81,19 @@ class MetricsSink:
         self.m.transitions_total.labels(kind=kind, name=name, to=t.new.value).inc()
         if t.target.kind is Kind.PEER:
             self.m.peer_up.labels(name).set(1 if t.new is State.UP else 0)
+        if t.target.kind is Kind.TRUNK:
+            self._cause(t)
+
+    def _cause(self, t: Transition) -> None:
+        kind, name = t.target.kind.value, t.target.name
+        old = self.causes.pop(t.target, None)
+        if old is not None:
+            self.m.target_down_cause.remove(kind, name, old)
+        if t.new in (State.DOWN, State.MAINTENANCE):
+            th = self.engine.targets.get(t.target)
+            cause = down_cause(t, bool(th and th.deps_down), self.hub.probes.get(t.target))
+            self.m.target_down_cause.labels(kind, name, cause).set(1)
+            self.causes[t.target] = cause
 
     def dest_transition(self, t: DestTransition) -> None:
         up = 1 if t.new is State.UP else 0
