@@ -36,6 +36,7 @@ from trunkguard.obs.logging import configure_logging, get_logger
 from trunkguard.obs.metrics import Metrics
 from trunkguard.sinks import views
 from trunkguard.sinks.alarms import AlarmSink
+from trunkguard.sinks.incidents import IncidentSink
 from trunkguard.sinks.intent import IntentSink
 from trunkguard.sinks.latency import LatencySink
 from trunkguard.sinks.log import LogSink
@@ -87,6 +88,7 @@ class App:
             beat, expiry = cfg.mqtt.heartbeat, cfg.mqtt.expiry()
             self.mqtt_sink = MqttSink(hub, self.mqtt, self.facts, beat, expiry)
         self.alarms = AlarmSink(hub, self.facts, self.log, self.mqtt)
+        self.incidents = IncidentSink(hub, self.wall, self.log, self.mqtt, cfg.site, cfg.node)
         self.caller = Caller(hub, self.metrics, self.log)
         self.drills = Drills(
             hub, self._drill_call, self.wall, self._drill_report, self._roles, self._settings
@@ -114,6 +116,7 @@ class App:
 
     def status(self) -> dict[str, Any]:
         doc = views.snapshot(self.hub.engine, self.hub.clock(), self.facts())
+        doc["incidents"] = self.incidents.view()
         return {**doc, "seq": 0 if self.mqtt_sink is None else self.mqtt_sink.seq}
 
     def _page(self, _query: Query) -> tuple[str, Iterator[bytes]]:
@@ -284,6 +287,7 @@ class App:
             self.commands.execute,
             self.drills,
             self.caller,
+            self.incidents,
         )
         parts = [f.build(ctx) for f in FEATURES]
         a = cfg.actuators

@@ -21,6 +21,7 @@ from trunkguard.features.drills import DrillsConfig
 from trunkguard.features.http import ControlConfig, MetricsConfig
 from trunkguard.features.links import LinkConfig
 from trunkguard.features.mqtt import MqttConfig
+from trunkguard.features.notify import NotifierConfig
 from trunkguard.features.peers import PeerConfig, TakeoverConfig
 from trunkguard.features.remote import CommandsConfig
 from trunkguard.features.routes import ActuatorSettings, RouteGroupConfig
@@ -58,6 +59,7 @@ class Config(Strict):
     mqtt: MqttConfig | None = None
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     drills: DrillsConfig = Field(default_factory=DrillsConfig)
+    notify: dict[Name, NotifierConfig] = {}
     metrics: MetricsConfig | None = Field(default_factory=MetricsConfig)
 
     def targets(self) -> set[TargetId]:

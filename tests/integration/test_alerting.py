@@ -7,14 +7,9 @@ carrier A comes back: the resolution arrives."""
 
 from __future__ import annotations
 
-import json
-import queue
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,52 +19,19 @@ import yaml
 from tests.lib import procs, sipp
 from tests.lib.agentproc import Agent
 from tests.lib.prometheus import ALERTMANAGER_CONFIG, alertmanager, prometheus
+from tests.lib.webhook import Received, receiver, wait_doc
 
 pytestmark = pytest.mark.integration
 
 Alert = dict[str, Any]
 
 
-@contextmanager
-def webhook() -> Iterator[tuple[int, queue.Queue[tuple[str, Alert]]]]:
-    """A receiver for Alertmanager's webhooks: (path, alert) for every alert posted."""
-    got: queue.Queue[tuple[str, Alert]] = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            for a in json.loads(body).get("alerts", []):
-                got.put((self.path, a))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server.server_address[1], got
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def wait_alert(
-    got: queue.Queue[tuple[str, Alert]], pred: Callable[[str, Alert], bool], timeout: float
+    got: Received, pred: Callable[[str, Alert], bool], timeout: float
 ) -> tuple[str, Alert]:
-    seen = []
-    end = time.monotonic() + timeout
-    while (left := end - time.monotonic()) > 0:
-        try:
-            path, a = got.get(timeout=left)
-        except queue.Empty:
-            break
-        if pred(path, a):
-            return path, a
-        seen.append((path, a["status"], a["labels"].get("alertname")))
-    raise TimeoutError(f"no such alert within {timeout}s; got {seen}")
+    """The first alert matching pred among those Alertmanager posts."""
+    path, doc = wait_doc(got, lambda p, d: any(pred(p, a) for a in d["alerts"]), timeout)
+    return path, next(a for a in doc["alerts"] if pred(path, a))
 
 
 def am_config(port: int) -> dict[str, Any]:
@@ -105,7 +67,7 @@ routes:
       - {{name: b, requires: [trunk:carrier-b]}}
 """)
     with (
-        webhook() as (hook, got),
+        receiver() as (hook, got),
         sipp.options_responder(tmp_path, "127.0.0.1", pb),
         alertmanager(tmp_path, am_config(hook)) as am,
         prometheus(

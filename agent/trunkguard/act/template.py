@@ -264,6 +264,20 @@ def _read_template(path: str) -> str:
         raise ActuatorError("render", f"{path}: not UTF-8: {e.reason}") from None
 
 
+def compile_text(source: str, name: str) -> jinja2.Template:
+    """A template given inline (a notifier's message), compiled in the same sandbox;
+    ActuatorError with the line on a syntax error."""
+    return _compile(source, name)
+
+
+def render_text(t: jinja2.Template, name: str, context: Mapping[str, Any]) -> str:
+    """Render; ActuatorError naming the line on any error (an undefined variable too)."""
+    try:
+        return t.render(context)
+    except Exception as e:
+        raise ActuatorError("render", _render_error(name, e)) from None
+
+
 def _compile(source: str, path: str) -> jinja2.Template:
     try:
         code = _ENV.compile(source, name=os.path.basename(path), filename=path)

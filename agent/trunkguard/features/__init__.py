@@ -14,6 +14,7 @@ from trunkguard.features import (
     links,
     mqtt,
     netlink,
+    notify,
     peers,
     remote,
     routes,
@@ -42,6 +43,7 @@ FEATURES: tuple[Feature, ...] = (
     mqtt.FEATURE,
     remote.FEATURE,
     drills.FEATURE,
+    notify.FEATURE,
 )
 ACTUATORS = (netlink.FEATURE, command.FEATURE, kamailio.FEATURE, templates.FEATURE)
 

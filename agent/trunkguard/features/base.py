@@ -26,6 +26,7 @@ from trunkguard.schema import Lines
 if TYPE_CHECKING:
     from trunkguard.config import Config
     from trunkguard.features.calls import Caller
+    from trunkguard.sinks.incidents import IncidentSink
 
 Task = tuple[str, Callable[[], Awaitable[None]]]
 
@@ -44,6 +45,7 @@ class Context:
     execute: Callable[[Command], dict[str, Any]] | None = None
     drills: Drills | None = None  # for scheduled drills
     caller: Caller | None = None  # places call checks (the schedule's and drills')
+    incidents: IncidentSink | None = None  # notifiers attach to it
     topics: dict[str, Handler] = field(default_factory=dict)  # MQTT subscriptions
     as_published: set[str] = field(default_factory=set)  # of those: live only, retain as sent
 

@@ -287,6 +287,12 @@ class Metrics:
             ["scenario", "phase"],
             registry=r,
         )
+        self.notifications_total = Counter(
+            "trunkguard_notifications_total",
+            "Incident notices by notifier: sent, failed (after retries), rate_limited, dropped.",
+            ["notifier", "result"],
+            registry=r,
+        )
         self.path_silent_failure = Gauge(
             "trunkguard_path_silent_failure",
             "1 when a path qualifies by OPTIONS but the call check that verifies it fails: "
