@@ -181,6 +181,10 @@ def _print_status(s: dict[str, Any]) -> None:
         print(f"FENCED: {s['fenced']} (keeping own routing, claiming nothing)")
     for a in s.get("alarms") or ():
         print(f"ALARM: {a}")
+    for i in s.get("incidents") or ():
+        if i["state"] == "open":
+            impact = ", ".join(f"{g}: {c}" for g, c in i["impact"].items()) or "no route moved"
+            print(f"INCIDENT {i['severity']} since {i['opened']}: {i['cause']} ({impact})")
     ev = s.get("evacuation")
     if ev and (ev["state"] != "normal" or ev["forced"] or ev["rule_holds"]):
         forced = " (forced)" if ev["forced"] else ""

@@ -131,6 +131,12 @@ notify:
             [inc] = json.loads(status.stdout)["incidents"]
             assert (inc["id"], inc["state"], inc["severity"]) == (iid, "open", "major")
             assert any("trunk:carrier-a up → down" in line for line in inc["evidence"])
+            text = subprocess.run(
+                [sys.executable, "-m", "trunkguard", "status", "--socket",
+                 str(tmp_path / "control.sock")],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout  # fmt: skip
+            assert "INCIDENT major since" in text and "(outbound: a → b)" in text
 
             carrier_a.enter_context(sipp.options_responder(tmp_path, "127.0.0.1", pa))
             wait_doc(posts, lambda p, d: "closed" in d.get("text", ""), 15)

@@ -102,6 +102,19 @@ def render(s: Json, recent: Sequence[Json]) -> str:
             (_route(g, r) for g, r in (s.get("routes") or {}).items()),
         )
     )
+    parts.append(
+        _table(
+            "Incidents",
+            ("opened", "state", "severity", "cause", "impact", "closed"),
+            (
+                f"<tr><td>{_e(i.get('opened'))}</td><td>{_e(i.get('state'))}</td>"
+                f"<td>{_e(i.get('severity'))}</td><td>{_e(i.get('cause'))}</td>"
+                f"<td>{_e(', '.join(f'{g}: {c}' for g, c in (i.get('impact') or {}).items()))}</td>"
+                f"<td>{_e(i.get('closed'))}</td></tr>"
+                for i in s.get("incidents") or ()
+            ),
+        )
+    )
     takeovers = s.get("takeovers") or {}
     parts.append(
         _table(
