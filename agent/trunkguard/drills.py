@@ -347,7 +347,7 @@ class Drills:
             if n in e.sensors:
                 hub.emit(e.drill_sensor(n, None, hub.clock()))
         if e.site.evacuating is None and plan.group in e.groups:
-            hub.emit(e.failback(plan.group, hub.clock()))
+            hub.emit(e.failback(plan.group, hub.clock(), by=DRILL))
 
     async def _next(self, q: asyncio.Queue[Any], what: str) -> Any:
         try:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.unit.test_evacuation import HOT, OUT, ROOM, all_up, engine, moves
 from trunkguard.core.engine import DRILL
-from trunkguard.core.events import Level, State
+from trunkguard.core.events import Level, State, Verdict
 from trunkguard.core.ids import parse_target as T
 from trunkguard.core.sensor import SensorSpec
 from trunkguard.core.site import Match, SiteState
@@ -21,9 +21,20 @@ def test_drill_maintenance_is_labelled_and_never_persisted() -> None:
     s = eng.set_maintenance(LOCAL, True, 1.0, by=DRILL)
     assert [t.reason for t in s.transitions] == ["maintenance on (drill)"]
     assert moves(s) == [("out", "remote", "failover")]
+    # Structurally marked (what sinks read) and said in words (what people read).
+    assert all(ev.drill for ev in s.events)
+    assert s.decisions[0].reason.endswith("(drill)")
     assert LOCAL not in eng.intent().maintenance  # a restart would not keep it
     s = eng.set_maintenance(LOCAL, False, 2.0, by=DRILL)
     assert s.transitions[0].new is State.UP and "(drill)" in s.transitions[0].reason
+
+
+def test_a_network_reason_saying_drill_is_not_a_drill() -> None:
+    """A carrier's reason phrase is network text: it cannot pass a failure off as a drill."""
+    eng = engine(groups=(OUT,))
+    all_up(eng)
+    s = eng.observe(Verdict(LOCAL, False, 1.0, "503 maintenance on (drill)"))
+    assert s.decisions and not any(ev.drill for ev in s.events)
 
 
 def test_an_operator_taking_over_a_drilled_target_keeps_it() -> None:

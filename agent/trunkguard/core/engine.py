@@ -339,18 +339,14 @@ class Engine:
                 self._site_drill = False  # the rule holds for real: a real evacuation now
             elif self._site_drill and not self._site.forced and not self._sensors_before:
                 c = self._site.end(at, "drill ended: sensors read as before")
-            return self._after([], at, at, site=c is None, site_change=c)
+            return _drilled(self._after([], at, at, site=c is None, site_change=c))
         self._sensors_before.setdefault(name, sh.snapshot())
         sc = sh.observe(value, at)
-        if sc is not None:
-            sc = replace(sc, reason=f"{sc.reason} ({DRILL})")
         events: list[Event] = [SensorReading(name, value, at)]
         events += self._after([], at, at, [sc] if sc else [], site=True)
-        for i, ev in enumerate(events):
-            if isinstance(ev, SiteChange) and ev.new is SiteState.EVACUATING:
-                self._site_drill = True
-                events[i] = replace(ev, reason=f"{ev.reason} ({DRILL})")
-        return events
+        if any(isinstance(ev, SiteChange) and ev.new is SiteState.EVACUATING for ev in events):
+            self._site_drill = True
+        return _drilled(events)
 
     def sensor_failed(self, name: str, error: str, at: float) -> Sequence[Event]:
         sh = self._sensors.get(name)
@@ -436,7 +432,8 @@ class Engine:
             self._drilled.add(target)
         else:
             self._drilled.discard(target)
-        return self._after([t] if t else [], now, now)
+        events = self._after([t] if t else [], now, now)
+        return _drilled(events) if by == DRILL else events
 
     def evacuate(self, on: bool, now: float, by: str = "operator") -> Sequence[Event]:
         """Operator (or drill) evacuation. Raises ValueError when `off` cannot be honoured."""
@@ -444,15 +441,18 @@ class Engine:
             return NOTHING  # an operator forced it meanwhile: theirs to end
         c = self._site.force(on, now, by)
         self._site_drill = on and by == DRILL
-        return self._after([], now, now, site_change=c)
+        events = self._after([], now, now, site_change=c)
+        return _drilled(events) if by == DRILL else events
 
     def failover(self, group: str, path: str, now: float) -> Sequence[Event]:
         d = self._group(group).pin(path, self._view, now, self._site.evacuating)
         return [d] if d else NOTHING
 
-    def failback(self, group: str, now: float) -> Sequence[Event]:
+    def failback(self, group: str, now: float, by: str = "operator") -> Sequence[Event]:
         d = self._group(group).release(self._view, now)
-        return [d] if d else NOTHING
+        if d is None:
+            return NOTHING
+        return _drilled([d]) if by == DRILL else [d]
 
     def _group(self, name: str) -> GroupPolicy:
         g = self._groups.get(name)
@@ -605,6 +605,18 @@ class _States(Mapping[TargetId, State]):
 
     def __len__(self) -> int:
         return len(self._t) + len(self._l) + len(self._p)
+
+
+def _drilled(events: Sequence[Event]) -> list[Event]:
+    """A drill's events say so, for every sink, log and metric: `drill` set (what code
+    reads; a reason is partly network text) and "(drill)" in the reason (for people)."""
+    out: list[Event] = []
+    for ev in events:
+        if isinstance(ev, Transition | Decision | SiteChange | SensorChange):
+            said = ev.reason.endswith((f"({DRILL})", f"by {DRILL}"))
+            ev = replace(ev, drill=True, reason=ev.reason if said else f"{ev.reason} ({DRILL})")
+        out.append(ev)
+    return out
 
 
 def is_routing(ev: Event) -> bool:

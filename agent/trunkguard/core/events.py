@@ -103,6 +103,7 @@ class Transition:
     new: State
     at: float
     reason: str
+    drill: bool = False  # caused by a drill (structural: never read from a reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class Decision:
     kind: DecisionKind
     reason: str
     cause_at: float  # when the evidence that caused it was observed
+    drill: bool = False  # caused by a drill (structural: never read from a reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class SensorChange:
     new: Level
     at: float
     reason: str
+    drill: bool = False  # caused by a drill (structural: never read from a reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,7 @@ class SiteChange:
     at: float
     reason: str
     forced: bool
+    drill: bool = False  # caused by a drill (structural: never read from a reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,7 @@ class Tracker:
             return
         key, inc = str(t.target), self.open.get(str(t.target))
         line = f"{key} {t.old} → {t.new}: {t.reason}"
-        if t.new is State.DOWN and inc is None and not _drill(t.reason):
+        if t.new is State.DOWN and inc is None and not t.drill:
             inc = self._open(key, t.target.kind.value, f"{key} down: {t.reason}", t.at, new)
             if t.target.kind is Kind.PEER:
                 inc.escalate("major")  # a site is gone, whatever it does to our routing
@@ -137,7 +137,7 @@ class Tracker:
     def _site(self, c: SiteChange, new: list[Incident], changed: dict[str, Incident]) -> None:
         inc = self.open.get("site")
         line = f"site {c.old} → {c.new}: {c.reason}"
-        if c.new is SiteState.EVACUATING and inc is None and not _drill(c.reason):
+        if c.new is SiteState.EVACUATING and inc is None and not c.drill:
             inc = self._open("site", "site", f"site evacuating: {c.reason}", c.at, new)
             inc.escalate("critical")
         if inc is None:
@@ -175,8 +175,3 @@ class Tracker:
         g = groups.get(group)
         needs = set() if g is None else {str(t) for t in g.spec.targets}
         return [i for k, i in self.open.items() if k in needs or k == "site"]
-
-
-def _drill(reason: str) -> bool:
-    """A drill's doing, as the engine labels it ("(drill)", "forced by drill")."""
-    return "(drill)" in reason or "by drill" in reason

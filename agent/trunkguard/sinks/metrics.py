@@ -125,6 +125,8 @@ class MetricsSink:
     def decision(self, d: Decision) -> None:
         g = self.engine.groups[d.group]
         self.m.set_active_path(d.group, [p.name for p in g.spec.paths], d.new)
+        if d.drill:
+            return  # counted in trunkguard_drills_total: a drill must not page anyone
         if d.kind is DecisionKind.FAILOVER:
             self.m.failovers_total.labels(group=d.group).inc()
         elif d.kind is DecisionKind.FAILBACK:
