@@ -42,8 +42,7 @@ Results = dict[str, dict[str, list[float]]]
 
 def ready(agent: Agent, first: str, checks: tuple[str, ...]) -> None:
     agent.wait_for(Agent.applied(first), 30, "initial route")
-    for c in checks:
-        agent.wait_for(lambda e, c=c: e.get("event") == "call check" and e.get("call") == c, 30, c)
+    agent.checks_passed(*checks)
 
 
 def trials(socket: Path, scenarios: tuple[str, ...], n: int, out: Results) -> None:

@@ -78,7 +78,7 @@ routes:
             checks = {}
             for name in ("via-a", "via-b", "via-c"):
                 checks[name] = agent.wait_for(
-                    lambda e, n=name: e.get("event") == "call check" and e.get("call") == n,
+                    Agent.call_checked(name),
                     30,
                     f"call check {name}",
                 )
@@ -160,7 +160,7 @@ def test_a_call_check_never_takes_a_channel_kept_for_real_calls(tmp_path: Path) 
         try:
             agent.wait_for(Agent.applied("carrier-a"), 20, "initial route")
             first = agent.wait_for(
-                lambda e: e.get("event") == "call check" and e.get("call") == "via-sbc",
+                Agent.call_checked("via-sbc"),
                 30,
                 "a first check",
             )
@@ -181,7 +181,7 @@ def test_a_call_check_never_takes_a_channel_kept_for_real_calls(tmp_path: Path) 
                 assert [o.what for o in real.outcomes()].count("COMPLETED") == 2
             mark = agent.mark()
             again = agent.wait_for(
-                lambda e: e.get("event") == "call check" and e.get("call") == "via-sbc",
+                Agent.call_checked("via-sbc"),
                 15,
                 "a check placed again",
                 mark,

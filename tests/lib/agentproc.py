@@ -106,6 +106,16 @@ class Agent:
             and (new is None or e.get("new") == new)
         )
 
+    @staticmethod
+    def call_checked(name: str) -> Callable[[Event], bool]:
+        return lambda e: e.get("event") == "call check" and e.get("call") == name
+
+    def checks_passed(self, *names: str, timeout: float = 30) -> None:
+        """Each call check's first result came in, and passed."""
+        for name in names:
+            ev = self.wait_for(Agent.call_checked(name), timeout, f"first {name} check")
+            assert ev["ok"] is True, ev
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 

@@ -120,32 +120,45 @@ class Tracker:
     def _transition(self, t: Transition, new: list[Incident], changed: dict[str, Incident]) -> None:
         if t.target.dest or t.target.kind.value not in KINDS:
             return
-        key, inc = str(t.target), self.open.get(str(t.target))
+        key, kind = str(t.target), t.target.kind.value
+        # A site gone is major whatever it does to our routing.
+        opens = "major" if t.target.kind is Kind.PEER else "minor"
         line = f"{key} {t.old} → {t.new}: {t.reason}"
-        if t.new is State.DOWN and inc is None and not t.drill:
-            inc = self._open(key, t.target.kind.value, f"{key} down: {t.reason}", t.at, new)
-            if t.target.kind is Kind.PEER:
-                inc.escalate("major")  # a site is gone, whatever it does to our routing
-        if inc is None:
-            return
-        if t.new is State.UP:
-            self._close(inc, t.at, line)
-        else:
-            inc.evidence.append((t.at, line))
-        changed[inc.id] = inc
+        down, up = t.new is State.DOWN and not t.drill, t.new is State.UP
+        self._track(key, kind, f"{key} down: {t.reason}", opens, down, up, t.at, line, new, changed)
 
     def _site(self, c: SiteChange, new: list[Incident], changed: dict[str, Incident]) -> None:
-        inc = self.open.get("site")
         line = f"site {c.old} → {c.new}: {c.reason}"
-        if c.new is SiteState.EVACUATING and inc is None and not c.drill:
-            inc = self._open("site", "site", f"site evacuating: {c.reason}", c.at, new)
-            inc.escalate("critical")
+        down = c.new is SiteState.EVACUATING and not c.drill
+        cause = f"site evacuating: {c.reason}"
+        up = c.new is SiteState.NORMAL
+        self._track("site", "site", cause, "critical", down, up, c.at, line, new, changed)
+
+    def _track(
+        self,
+        key: str,
+        kind: str,
+        cause: str,
+        severity: str,
+        opens: bool,
+        closes: bool,
+        at: float,
+        line: str,
+        new: list[Incident],
+        changed: dict[str, Incident],
+    ) -> None:
+        """Open the incident of `key` (if `opens` and none is), close it (`closes`), or
+        add the line to its evidence."""
+        inc = self.open.get(key)
+        if opens and inc is None:
+            inc = self._open(key, kind, cause, at, new)
+            inc.escalate(severity)
         if inc is None:
             return
-        if c.new is SiteState.NORMAL:
-            self._close(inc, c.at, line)
+        if closes:
+            self._close(inc, at, line)
         else:
-            inc.evidence.append((c.at, line))
+            inc.evidence.append((at, line))
         changed[inc.id] = inc
 
     def _decision(
