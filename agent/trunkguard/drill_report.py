@@ -9,6 +9,7 @@ from html import escape
 from typing import Any
 
 PHASES = (
+    ("detected", "evacuation rule fired"),
     ("decision", "failover decided"),
     ("applied", "routing applied and read back"),
     ("call_new_path", "synthetic call on the new path"),
@@ -35,12 +36,19 @@ def markdown(r: Mapping[str, Any]) -> str:
         "|---|---|",
     ]
     phases = r.get("phases") or {}
-    lines += [f"| {label} | {_s(phases.get(key))} |" for key, label in PHASES]
+    lines += [
+        f"| {label} | {_s(phases.get(key))} |"
+        for key, label in PHASES
+        if key != "detected" or key in phases  # only a cooling drill waits for its rule
+    ]
     calls = r.get("calls") or {}
     if calls:
         lines += ["", "| synthetic call | path | result | answered in |", "|---|---|---|---|"]
         for key, c in calls.items():
             lines.append(f"| {key} | {c['path']} | {c['reason']} | {_s(c.get('answered_s'))} |")
+    settings = r.get("settings") or {}
+    if settings:
+        lines += ["", "Settings:"] + [f"- {k}: {v}" for k, v in settings.items()]
     manual = r.get("manual_s")
     total = phases.get("total")
     if manual and isinstance(total, int | float):
@@ -78,6 +86,9 @@ def html(r: Mapping[str, Any]) -> str:
         f"<tr><td>{e(k)}</td><td>{e(c['path'])}</td><td>{e(c['reason'])}</td></tr>"
         for k, c in (r.get("calls") or {}).items()
     )
+    settings = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in (r.get("settings") or {}).items()
+    )
     manual = r.get("manual_s")
     compare = ""
     if manual and isinstance(phases.get("total"), int | float):
@@ -92,5 +103,6 @@ def html(r: Mapping[str, Any]) -> str:
         f"{e(r.get('routing_after'))} (left as found: {e(r.get('left_as_found'))})</p>"
         f"<h2>Timeline</h2>{svg}{compare}"
         + (f"<h2>Synthetic calls</h2><table>{calls}</table>" if calls else "")
+        + (f"<h2>Settings</h2><table>{settings}</table>" if settings else "")
         + "</body></html>"
     )

@@ -65,6 +65,8 @@ def test_each_drill_through_the_sbc_with_calls_leaves_kamailio_as_found(
             r, evs = run_drill(lab, agent, scenario)
             assert r["result"] == "passed", r
             assert r["left_as_found"] is True and r["routing_after"] == "carrier-a"
+            assert r["settings"]["group"] == "failback auto, hold 30s"
+            assert r["settings"]["probe"].startswith("every 1s (fast 0.2s), timeout 0.5s")
             want = {"carrier": "carrier-b", "platform": "remote"}.get(scenario, "remote")
             assert r["new"] == want
             assert lab.dispatcher() == before  # Kamailio, read back: as found

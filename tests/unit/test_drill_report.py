@@ -23,6 +23,7 @@ REPORT = {
         "new_path": {"path": "carrier-b", "ok": True, "reason": "<b>ok</b>", "answered_s": 0.003}
     },
     "manual_s": 240.0,
+    "settings": {"probe": "every 1s", "group": "failback auto, hold <30s>"},
 }
 
 
@@ -31,12 +32,17 @@ def test_markdown_has_the_timings_calls_and_the_manual_comparison() -> None:
     assert "| routing applied and read back | 0.009 s |" in md
     assert "| synthetic call on the new path | - |" in md  # not measured: shown as such
     assert "4 min by hand, 2.2 s here (109 times faster)" in md
+    assert "- group: failback auto, hold <30s>" in md
+    assert "evacuation rule fired" not in md  # a carrier drill has no rule to wait for
+    cooling = markdown({**REPORT, "phases": {**REPORT["phases"], "detected": 1.75}})
+    assert "| evacuation rule fired | 1.750 s |" in cooling
 
 
 def test_html_is_self_contained_and_escaped() -> None:
     page = html(REPORT)
     assert "out&lt;bound&gt;" in page and "<bound>" not in page
     assert "&lt;b&gt;ok&lt;/b&gt;" in page
+    assert "<th>group</th><td>failback auto, hold &lt;30s&gt;</td>" in page
     assert "<script" not in page and "http" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )
