@@ -1,8 +1,9 @@
 """Local control channel between the CLI and the daemon: a UNIX stream socket.
 
 Authentication is the kernel's: the socket is mode 0660 in a 0750 directory and
-every connection's peer credentials (SO_PEERCRED) must be root or the daemon's
-own user. One JSON request line in, one JSON response line out.
+every connection's peer credentials must be root, the daemon's own user, or a member
+of its group (the operators: SO_PEERCRED's primary group or SO_PEERGROUPS). One JSON
+request line in, one JSON response line out.
 """
 
 from __future__ import annotations
@@ -23,10 +24,23 @@ MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-def _peer_uid(sock: socket.socket) -> int:
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; not named in Python 3.11
+MAX_GROUPS = 256  # 1024 bytes: the most Python's getsockopt() takes
+
+
+def _peer(sock: socket.socket) -> tuple[int, set[int]]:
+    """The peer's uid and its groups (primary and supplementary)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    _pid, uid, gid = struct.unpack("3i", creds)
+    groups = {int(gid)}
+    with contextlib.suppress(OSError):  # an older kernel: the primary group only
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    return int(uid), groups
+
+
+def allowed(uid: int, groups: set[int]) -> bool:
+    return uid in (0, os.getuid()) or os.getgid() in groups
 
 
 class ControlServer:
@@ -58,13 +72,13 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            sock = writer.get_extra_info("socket")
-            uid = _peer_uid(sock)
-            if uid not in (0, os.getuid()):
+            uid, groups = _peer(writer.get_extra_info("socket"))
+            line = await asyncio.wait_for(reader.readline(), 5.0)  # read first: no EPIPE
+            if not allowed(uid, groups):
                 self.log.warning("control connection refused", peer_uid=uid)
-                await _reply(writer, {"ok": False, "error": "permission denied"})
+                why = "permission denied: run as root, the trunkguard user or in its group"
+                await _reply(writer, {"ok": False, "error": why})
                 return
-            line = await asyncio.wait_for(reader.readline(), 5.0)
             if len(line) > MAX_REQUEST or not line.endswith(b"\n"):
                 await _reply(writer, {"ok": False, "error": "request too long or incomplete"})
                 return
@@ -120,9 +134,10 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
             ) from None
         except PermissionError:
             raise CommandError(
-                f"permission denied on {path}: run as root or the trunkguard user"
+                f"permission denied on {path}: run as root, the trunkguard user or in its group"
             ) from None
-        s.sendall(json.dumps(req).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps(req).encode() + b"\n")  # refused: the answer says why
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
