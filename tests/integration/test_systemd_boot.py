@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.lib import nspawn
+from tests.lib import nspawn, procs
 from tests.lib.procs import wait_for
 
 pytestmark = pytest.mark.integration
@@ -391,15 +391,37 @@ def test_security_exposure(box: Box, record_property: Callable[[str, object], No
     assert score <= 2.0 and verdict in ("SAFE", "OK"), res.stdout[-3000:]
 
 
-def test_stop_leaves_the_route(box: Box) -> None:
+def test_stop_leaves_the_route_and_says_offline_on_mqtt(box: Box, tmp_path: Path) -> None:
+    """A broker on the container's loopback (the host's mosquitto, in the container's
+    network namespace: nothing reaches the host's network)."""
     box.ensure_active()
-    mark = box.cursor()
-    box.check("systemctl", "stop", "trunkguard")
-    assert box.state() == "inactive"
-    s = box.show("Result", "ExecMainStatus")
-    assert s == {"Result": "success", "ExecMainStatus": "0"}
-    box.wait_event(mark, lambda e: e["event"] == "stopping: routes are left as they are", "stop")
-    assert box.route() == PRIMARY_ROUTE
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    in_net = ["nsenter", "-t", str(box.c.leader), "-n"]
+    with procs.started([*in_net, "mosquitto", "-c", str(conf)], log=tmp_path / "mq.log"):
+        wait_for(lambda: "127.0.0.1:1883 " in box.check("ss", "-Hltn"), 10, "broker", step=0.1)
+        box.set_config(CONFIG + "mqtt: {host: 127.0.0.1, port: 1883, keepalive: 2s}\n")
+        mark = box.cursor()
+        box.check("systemctl", "restart", "trunkguard")
+        box.wait_event(mark, lambda e: e["event"] == "mqtt connected", "mqtt connected")
+        wait_for(lambda: box.route() == PRIMARY_ROUTE, 20, "route via primary", step=0.1)
+
+        mark = box.cursor()
+        box.check("systemctl", "stop", "trunkguard")
+        assert box.state() == "inactive"
+        s = box.show("Result", "ExecMainStatus")
+        assert s == {"Result": "success", "ExecMainStatus": "0"}
+        box.wait_event(
+            mark, lambda e: e["event"] == "stopping: routes are left as they are", "stop"
+        )
+        assert box.route() == PRIMARY_ROUTE
+        sub = subprocess.run(
+            [*in_net, "mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-C", "1", "-W", "5",
+             "-t", "trunkguard/lab/box/status"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert sub.returncode == 0, sub.stderr
+        assert json.loads(sub.stdout)["status"] == "offline"  # retained, from the clean stop
 
 
 def test_install_again_starts_with_the_config_kept(box: Box) -> None:
