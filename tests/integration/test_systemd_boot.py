@@ -425,6 +425,10 @@ def test_stop_leaves_the_route_and_says_offline_on_mqtt(box: Box, tmp_path: Path
 
 
 def test_install_again_starts_with_the_config_kept(box: Box) -> None:
+    # What this runs is what the README tells an admin to run.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for step in ("./scripts/install ", "./scripts/install --enable --start", "--wheels wheels/"):
+        assert step in readme, step
     box.ensure_active()
     box.check("systemctl", "stop", "trunkguard")
     before = box.check("sha256sum", CONF)
