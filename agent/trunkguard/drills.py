@@ -36,8 +36,10 @@ from trunkguard.core.policy import PathSpec
 from trunkguard.core.sensor import SensorSpec
 from trunkguard.core.site import AllOf, AnyOf, Rule
 from trunkguard.hub import Hub
+from trunkguard.obs.logging import get_logger
 from trunkguard.sinks.latency import Applied
 
+log = get_logger(__name__)
 SCENARIOS = ("carrier", "platform", "link", "site", "cooling")
 STEP_TIMEOUT = 15.0
 RAMP_STEPS, RAMP_EVERY = 8, 0.25  # the simulated rise: 8 readings, 2 s to critical
@@ -247,7 +249,12 @@ class Drills:
         """Run in the background (a remote command: the report goes to MQTT)."""
         task = asyncio.get_running_loop().create_task(self.run(plan))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error("drill failed", error=f"{type(e).__name__}: {e}")
 
     async def run(self, plan: Plan, dry_run: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {
