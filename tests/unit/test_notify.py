@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from trunkguard.config import ConfigError, parse_config
-from trunkguard.features.notify import Bucket, NotifierConfig
+from trunkguard.core.engine import Engine
+from trunkguard.features.base import Context
+from trunkguard.features.notify import Bucket, Notifier, NotifierConfig
+from trunkguard.hub import Hub
+from trunkguard.obs.logging import get_logger
+from trunkguard.obs.metrics import Metrics
 
 BASE = """\
 site: dc1
@@ -67,3 +72,24 @@ def test_the_bucket_lets_a_burst_through_then_refills_at_its_rate() -> None:
     assert not b.take(10.0)  # 10 s: half a token at 3 a minute
     assert b.take(20.0)  # a whole one
     assert not b.take(20.0)
+
+
+def test_a_storm_is_held_back_and_counted_in_the_next_notice() -> None:
+    """Twelve incidents in a second against 10 a minute: ten queued, two held back
+    (counted), and the next notice after the bucket refills says so."""
+    cfg = parse_config(BASE + '    webhook: {url: "http://x"}\n    max_per_minute: 10\n')
+    now = [0.0]
+    hub = Hub(Engine(cfg.core_spec()), lambda: now[0])
+    m = Metrics()
+    ctx = Context(cfg, hub, m, get_logger("test"), None, {})
+    n = Notifier(ctx, "chat", cfg.notify["chat"])
+    doc = {"severity": "major", "kind": "trunk"}
+    for _ in range(12):
+        n.offer("opened", doc)
+    assert n.queue.qsize() == 10
+    assert m.notifications_total.labels("chat", "rate_limited")._value.get() == 2
+    now[0] = 6.0  # one token back
+    n.offer("closed", doc)
+    queued = [n.queue.get_nowait() for _ in range(11)]
+    assert queued[-1] == ("closed", doc, 2)  # the two held back, said in the next one
+    assert all(q[2] == 0 for q in queued[:10])
