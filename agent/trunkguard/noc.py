@@ -211,6 +211,7 @@ class Node:
     status: dict[str, Any] = field(default_factory=dict)
     heartbeat: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    alarms: dict[str, Any] = field(default_factory=dict)  # the retained `alarms` topic
 
     def view(self, now: float) -> dict[str, Any]:
         """What the fleet view shows of one node; stale data is said to be stale."""
@@ -241,6 +242,7 @@ class Node:
             "routes": {k: v.get("active") for k, v in (state.get("routes") or {}).items()},
             "peers": {k: v.get("state") for k, v in (state.get("peers") or {}).items()},
             "takeovers": {k: v.get("state") for k, v in (state.get("takeovers") or {}).items()},
+            "alarms": [str(a) for a in (self.alarms.get("alarms") or [])][:50],
         }
 
 
@@ -263,7 +265,7 @@ async def fleet(
     where = site or "+"
     loop = asyncio.get_running_loop()
     async with b.client() as c:
-        for what in ("status", "heartbeat", "state"):
+        for what in ("status", "heartbeat", "state", "alarms"):
             await c.subscribe(f"{b.prefix}/{where}/+/{what}", qos=1)
         end, last = loop.time() + most, loop.time()
         while (now := loop.time()) < end and now - last < quiet:
@@ -294,3 +296,5 @@ def print_fleet(rows: list[dict[str, Any]]) -> None:
         extra = " ".join(x for x in (peers, taken) if x)
         name = f"{r['site']}/{r['node']}"
         print(f"{name:<24} {health:<8} {age:>9}  {trunks:<10} {routes} {extra}".rstrip())
+        for a in r["alarms"]:
+            print(f"{'':<24} ALARM: {a}")

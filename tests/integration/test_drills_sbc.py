@@ -233,5 +233,12 @@ commands:
             ]
             alarm = agent.wait_for(lambda e: e.get("event") == "alarm", 10, "alarm logged")
             assert "unverified" in alarm["alarm"]
+            # The NOC's fleet view shows them under the node.
+            fleet = subprocess.run(
+                [sys.executable, "-m", "trunkguard", "fleet", "--broker",
+                 f"mqtt://127.0.0.1:{mq.port}"],
+                capture_output=True, text=True, timeout=60, check=True,
+            ).stdout  # fmt: skip
+            assert "ALARM: path remote of outbound unverified: no passing call in 3s" in fleet
         finally:
             agent.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trunkguard.cli import main
-from trunkguard.noc import Node, keygen, signed
+from trunkguard.noc import Node, keygen, print_fleet, signed
 from trunkguard.signing import public_key, verify
 
 
@@ -45,6 +45,14 @@ def test_fleet_marks_a_node_without_a_live_heartbeat_stale() -> None:
     assert old_beat.view(0)["health"] == "stale"
     dead = Node("s", "n", {"status": "offline", "epoch": 5}, {}, state)
     assert dead.view(0)["health"] == "offline"
+
+
+def test_fleet_shows_each_nodes_alarms(capsys: pytest.CaptureFixture[str]) -> None:
+    alarms = {"alarms": ["path b of pstn answers OPTIONS but fails calls (call:via-b)"]}
+    n = Node("s", "n", {"status": "online", "epoch": 5}, {"epoch": 5}, {}, alarms)
+    print_fleet([n.view(0)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("s/n ") and "ALARM: path b of pstn answers OPTIONS" in out[2]
 
 
 @pytest.mark.parametrize(
