@@ -87,6 +87,7 @@ class Tracker:
         """The incidents this batch opened, changed or closed (revision moved on)."""
         changed: dict[str, Incident] = {}
         new: list[Incident] = []
+        moved = False  # only these events can leave a group without a path
         for ev in events:
             if isinstance(ev, Transition):
                 self._transition(ev, new, changed)
@@ -94,7 +95,10 @@ class Tracker:
                 self._site(ev, new, changed)
             elif isinstance(ev, Decision):
                 self._decision(ev, new, groups, changed)
-        for name, g in groups.items():
+            else:
+                continue
+            moved = True
+        for name, g in groups.items() if moved and self.open else ():
             if g.alarm:
                 for inc in self._related(name, groups, new):
                     if inc.impact.get(name) != "no path":

@@ -99,6 +99,15 @@ class GroupPolicy:
             return False
         return all(states.get(t) is State.UP for t in path.requires)
 
+    def silent(self, path: PathSpec, states: States) -> bool:
+        """The silent backup: the path qualifies by its probes, but the call check
+        that proves it fails."""
+        return (
+            path.verified_by is not None
+            and self.qualifies(path, states)
+            and states.get(path.verified_by) is State.DOWN
+        )
+
     def _narrow(self, ok: list[PathSpec], evac: bool) -> list[PathSpec]:
         """Remote paths only while evacuating; serving paths first while taking over."""
         if evac:

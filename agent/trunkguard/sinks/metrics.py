@@ -146,7 +146,7 @@ class MetricsSink:
             self.m.route_no_path.labels(group=name).set(1 if g.alarm else 0)
             for p in g.spec.paths:
                 if p.verified_by is not None:
-                    silent = g.qualifies(p, states) and states.get(p.verified_by) is State.DOWN
+                    silent = g.silent(p, states)
                     self.m.path_silent_failure.labels(name, p.name).set(1 if silent else 0)
 
     def report(self, r: ApplyReport) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from trunkguard import __version__
 from trunkguard.core.engine import Engine
-from trunkguard.core.events import ProbeOutcome, State
+from trunkguard.core.events import ProbeOutcome
 from trunkguard.core.ids import Kind, TargetId
 from trunkguard.core.peer import PeerHealth
 from trunkguard.core.policy import PathSpec
@@ -180,8 +180,7 @@ def proof(engine: Engine, group: str, p: PathSpec, now: float, f: Facts) -> Json
         "age_s": round(age, 1),
         "max_age_s": max_age,
         "unverified": age > max_age,
-        "silent": engine.groups[group].qualifies(p, states)
-        and states.get(p.verified_by) is State.DOWN,
+        "silent": engine.groups[group].silent(p, states),
     }
 
 
